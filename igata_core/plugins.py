@@ -1,0 +1,305 @@
+"""Plugin discovery and the component registry.
+
+Entry points of the group ``igata`` are loaded in our own loop, one try/except per plugin,
+so that one broken plugin is listed with its error instead of breaking every command.
+The core's built-in components register through the same hooks.
+
+Environment:
+
+* ``IGATA_LOAD_PLUGINS``: unset = all; ``''`` = none; ``a,b`` = only those entry points.
+* ``IGATA_DISABLED_PLUGINS``: ``a,b`` = skip (and block) those.
+* ``IGATA_STRICT_PLUGINS=1``: a broken plugin or a name clash is fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from igata_core import hookspecs
+
+log = logging.getLogger("igata.plugins")
+
+HOOK_API_VERSION = 1
+ENTRY_POINT_GROUP = "igata"
+BUILTIN_PLUGIN = "igata-core"
+
+#: Which distribution provides the well-known components, for "pip install" hints.
+KNOWN_PROVIDERS: dict[str, str] = {
+    "s3": "igata-s3",
+    "s3-csv": "igata-s3",
+    "s3-jsonl": "igata-s3",
+    "S3BucketImageInputCtxManager": "igata-s3",
+    "S3BucketCsvFileOutputCtxManager": "igata-s3",
+    "sqs": "igata-sqs",
+    "SQSMessageS3InputImageCtxManager": "igata-sqs",
+    "SQSMessageS3InputCSVCtxManager": "igata-sqs",
+    "SQSRecordOutputCtxManager": "igata-sqs",
+    "dynamodb": "igata-dynamodb",
+    "DynamodbOutputCtxManager": "igata-dynamodb",
+}
+
+KINDS = ("source", "sink", "loader", "decoder", "predictor", "command")
+_HOOK_OF_KIND = {
+    "source": "register_sources",
+    "sink": "register_sinks",
+    "loader": "register_loaders",
+    "decoder": "register_decoders",
+    "predictor": "register_predictors",
+    "command": "register_commands",
+}
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded or registered something invalid."""
+
+
+class UnknownComponent(LookupError):
+    """No component of that kind and name is registered (message says what to install)."""
+
+
+@dataclass
+class Registration:
+    kind: str
+    name: str
+    obj: Any
+    plugin: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    hooks: list[str] = field(default_factory=list)
+    components: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "hooks": self.hooks,
+            "components": self.components,
+            "error": self.error,
+        }
+
+
+class Registry:
+    """Components by kind and name (aliases included); clashes are recorded, not resolved."""
+
+    def __init__(self) -> None:
+        self._by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+        #: kind -> name -> message, for names registered by two plugins.
+        self.clashes: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+        self.plugins: dict[str, PluginInfo] = {}
+
+    def add(self, kind: str, obj: Any, plugin: str) -> None:
+        if kind == "command":
+            name = getattr(obj, "name", None)
+            aliases: tuple[str, ...] = ()
+        else:
+            name = getattr(obj, "name", None)
+            aliases = tuple(getattr(obj, "aliases", ()) or ())
+        if not name or not isinstance(name, str):
+            raise PluginError(f"plugin {plugin!r} registered a {kind} without a name: {obj!r}")
+        keys = [name, *aliases]
+        if kind == "loader":
+            keys = list(getattr(obj, "schemes", ()) or ())
+            if not keys:
+                raise PluginError(f"plugin {plugin!r}: loader {name!r} declares no schemes")
+        registration = Registration(kind, name, obj, plugin, aliases)
+        table = self._by_kind[kind]
+        for key in keys:
+            existing = table.get(key)
+            if existing is not None and existing.obj is not obj:
+                what = "scheme" if kind == "loader" else "name"
+                message = (
+                    f"{kind} {what} {key!r} is registered by both plugin {existing.plugin!r} "
+                    f"and plugin {plugin!r}; uninstall or disable one "
+                    f"(IGATA_DISABLED_PLUGINS={plugin})"
+                )
+                self.clashes[kind][key] = message
+                log.error("%s", message)
+                continue
+            table[key] = registration
+        info = self.plugins.get(plugin)
+        if info is not None:
+            info.components.append(f"{kind}:{name}")
+
+    def get(self, kind: str, name: str) -> Registration:
+        clash = self.clashes[kind].get(name)
+        if clash:
+            raise UnknownComponent(clash)
+        try:
+            return self._by_kind[kind][name]
+        except KeyError:
+            pass
+        provider = KNOWN_PROVIDERS.get(name)
+        known = ", ".join(self.names(kind)) or "none"
+        if provider and kind in ("source", "sink", "loader"):
+            broken = self.plugins.get(provider.removeprefix("igata-"))
+            if broken is not None and broken.error:
+                raise UnknownComponent(
+                    f"{kind} {name!r} comes from {provider}, which failed to load: "
+                    f"{broken.error}"
+                )
+            raise UnknownComponent(
+                f"{kind} {name!r} is provided by the package {provider}, which is not "
+                f"installed: pip install {provider}  (installed {kind}s: {known})"
+            )
+        raise UnknownComponent(f"unknown {kind} {name!r} (installed {kind}s: {known})")
+
+    def find(self, kind: str, name: str) -> Registration | None:
+        try:
+            return self.get(kind, name)
+        except UnknownComponent:
+            return None
+
+    def names(self, kind: str) -> list[str]:
+        """Primary names (not aliases) of the registered components of a kind."""
+        return sorted({reg.name for reg in self._by_kind[kind].values()})
+
+    def registrations(self, kind: str) -> list[Registration]:
+        unique = {id(reg.obj): reg for reg in self._by_kind[kind].values()}
+        return sorted(unique.values(), key=lambda reg: reg.name)
+
+    def table(self, kind: str) -> Mapping[str, Registration]:
+        return self._by_kind[kind]
+
+    @property
+    def broken(self) -> list[PluginInfo]:
+        return [info for info in self.plugins.values() if info.error]
+
+
+def _env_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _strict(environ: Mapping[str, str]) -> bool:
+    return environ.get("IGATA_STRICT_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _builtin_modules() -> list[ModuleType]:
+    from igata_core.builtins import decoders, files, sinks
+
+    return [files, decoders, sinks]
+
+
+def build_registry(
+    *,
+    entry_points: bool = True,
+    extra_plugins: Iterable[tuple[str, object]] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Registry:
+    """Load the built-ins, the ``igata`` entry points and ``extra_plugins``; fill a registry.
+
+    ``extra_plugins`` are ``(name, module_or_object)`` pairs registered after the entry
+    points, for tests and embedding. Raises :class:`PluginError` only in strict mode.
+    """
+    environ = os.environ if environ is None else environ
+    strict = _strict(environ)
+    pm = pluggy.PluginManager("igata")
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+
+    core_version = _dist_version("igata-core")
+    registry.plugins[BUILTIN_PLUGIN] = PluginInfo(
+        BUILTIN_PLUGIN, "igata-core", core_version
+    )
+    for module in _builtin_modules():
+        pm.register(module, name=f"{BUILTIN_PLUGIN}:{module.__name__.rsplit('.', 1)[-1]}")
+
+    candidates: list[tuple[str, Callable[[], object], str | None, str | None]] = []
+    if entry_points:
+        only = _env_list(environ.get("IGATA_LOAD_PLUGINS"))
+        disabled = set(_env_list(environ.get("IGATA_DISABLED_PLUGINS")) or [])
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if only is not None and ep.name not in only:
+                continue
+            if ep.name in disabled:
+                pm.set_blocked(ep.name)
+                continue
+            dist = getattr(ep, "dist", None)
+            candidates.append(
+                (ep.name, ep.load, dist.name if dist else None, dist.version if dist else None)
+            )
+    for name, obj in extra_plugins:
+        candidates.append((name, (lambda o=obj: o), None, None))
+
+    for name, load, dist_name, version in candidates:
+        info = PluginInfo(name, dist_name, version)
+        registry.plugins[name] = info
+        try:
+            plugin = load()
+            _check_api_version(name, plugin)
+            pm.register(plugin, name=name)
+            try:
+                pm.check_pending()
+            except pluggy.PluginValidationError:
+                pm.unregister(name=name)
+                raise
+        except Exception as exc:
+            info.error = f"{type(exc).__name__}: {exc}"
+            log.warning("plugin %r could not be loaded and is skipped: %s", name, info.error)
+            if strict:
+                raise PluginError(f"plugin {name!r} failed to load: {info.error}") from exc
+
+    for kind, hook_name in _HOOK_OF_KIND.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name):
+            plugin_name = impl.plugin_name.split(":", 1)[0]
+            info = registry.plugins.get(plugin_name)
+            if info is not None and hook_name not in info.hooks:
+                info.hooks.append(hook_name)
+
+            def register(obj: Any, _kind: str = kind, _plugin: str = plugin_name) -> None:
+                registry.add(_kind, obj, _plugin)
+
+            try:
+                impl.function(register=register)
+            except Exception as exc:
+                error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
+                if info is not None:
+                    info.error = error
+                log.warning("plugin %r: %s", plugin_name, error)
+                if strict:
+                    raise PluginError(f"plugin {plugin_name!r}: {error}") from exc
+    if strict:
+        clashes = [msg for table in registry.clashes.values() for msg in table.values()]
+        if clashes:
+            raise PluginError("; ".join(clashes))
+    return registry
+
+
+def _check_api_version(name: str, plugin: object) -> None:
+    wanted = getattr(plugin, "IGATA_HOOK_API", None)
+    if wanted is not None and int(wanted) != HOOK_API_VERSION:
+        raise PluginError(
+            f"plugin {name!r} was built for igata hook API {wanted}, but this igata-core "
+            f"provides hook API {HOOK_API_VERSION}; install a matching version of the plugin"
+        )
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def heavy_modules_loaded() -> list[str]:
+    """The heavy libraries already imported (``igata --help`` must import none)."""
+    return [m for m in ("boto3", "botocore", "numpy", "PIL") if m in sys.modules]

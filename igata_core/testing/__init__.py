@@ -1,0 +1,40 @@
+"""Testing kit for igata and its plugins: ``pytest_plugins = ["igata_core.testing"]``.
+
+Fixtures:
+
+* ``local_aws`` (session): moto in server mode on a free loopback port; this process's
+  environment points every boto3 client at it (``AWS_ENDPOINT_URL``, fake credentials,
+  region ``us-east-1``). ``local_aws.env()`` is the environment for a worker subprocess.
+* ``aws`` (function): the same endpoint, emptied before the test (moto's reset API).
+
+Helpers: :func:`run_pipeline` runs a pipeline in-process; contract test classes live in
+:mod:`igata_core.testing.contracts`; fault injection in :mod:`igata_core.testing.faults`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from igata_core.testing.aws import LocalAws, local_aws_environment, start_local_aws
+from igata_core.testing.run import RunResult, run_pipeline
+
+__all__ = ["LocalAws", "RunResult", "run_pipeline"]
+
+
+@pytest.fixture(scope="session")
+def local_aws() -> Iterator[LocalAws]:
+    aws = start_local_aws()
+    try:
+        with local_aws_environment(aws):
+            yield aws
+    finally:
+        aws.stop()
+
+
+@pytest.fixture
+def aws(local_aws: LocalAws) -> Iterator[LocalAws]:
+    local_aws.reset()
+    with local_aws_environment(local_aws):
+        yield local_aws
