@@ -151,8 +151,7 @@ class Registry:
             broken = self.plugins.get(provider.removeprefix("igata-"))
             if broken is not None and broken.error:
                 raise UnknownComponent(
-                    f"{kind} {name!r} comes from {provider}, which failed to load: "
-                    f"{broken.error}"
+                    f"{kind} {name!r} comes from {provider}, which failed to load: {broken.error}"
                 )
             raise UnknownComponent(
                 f"{kind} {name!r} is provided by the package {provider}, which is not "
@@ -216,9 +215,7 @@ def build_registry(
     registry = Registry()
 
     core_version = _dist_version("igata-core")
-    registry.plugins[BUILTIN_PLUGIN] = PluginInfo(
-        BUILTIN_PLUGIN, "igata-core", core_version
-    )
+    registry.plugins[BUILTIN_PLUGIN] = PluginInfo(BUILTIN_PLUGIN, "igata-core", core_version)
     for module in _builtin_modules():
         pm.register(module, name=f"{BUILTIN_PLUGIN}:{module.__name__.rsplit('.', 1)[-1]}")
 

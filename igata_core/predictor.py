@@ -43,7 +43,9 @@ class PredictorBase:
         return input_record
 
     def predict(self, input_record: Any, meta: dict[str, Any]) -> Any:
-        raise NotImplementedError(f"{type(self).__name__} must implement predict(input_record, meta)")
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement predict(input_record, meta)"
+        )
 
     # predict_batch(self, input_records: list, metas: list[dict]) -> list is optional and
     # deliberately not defined here: the engine uses it only when a subclass defines it.
@@ -140,12 +142,9 @@ def load_predictor(
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise PredictorError(
-                f"predictor module {module_name!r} not found (is it installed, or on "
-                "PYTHONPATH?)"
+                f"predictor module {module_name!r} not found (is it installed, or on PYTHONPATH?)"
             ) from exc
-        raise PredictorError(
-            f"predictor module {module_name!r} failed to import: {exc}"
-        ) from exc
+        raise PredictorError(f"predictor module {module_name!r} failed to import: {exc}") from exc
     except Exception as exc:
         raise PredictorError(
             f"predictor module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
@@ -167,7 +166,5 @@ def call_batch(predictor: PredictorBase, inputs: Sequence[Any], metas: Sequence[
     results = predictor.predict_batch(list(inputs), list(metas))  # type: ignore[attr-defined]
     results = list(results)
     if len(results) != len(inputs):
-        raise ValueError(
-            f"predict_batch returned {len(results)} results for {len(inputs)} inputs"
-        )
+        raise ValueError(f"predict_batch returned {len(results)} results for {len(inputs)} inputs")
     return results

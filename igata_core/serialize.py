@@ -57,4 +57,3 @@ def dumps(record: Any, **kwargs: Any) -> str:
 def jsonable(record: Any) -> Any:
     """A copy of ``record`` made only of JSON types (for sinks that need plain values)."""
     return json.loads(dumps(record))
-

@@ -36,7 +36,9 @@ class FilesSource(Source):
     description = "Local files: paths, directories (recursive) and glob patterns"
     finite = True
     options: ClassVar[tuple[Option, ...]] = (
-        Option("inputs", "list", default=[], help="Paths, directories or globs (the command's INPUTS)."),
+        Option(
+            "inputs", "list", default=[], help="Paths, directories or globs (the command's INPUTS)."
+        ),
         Option(
             "extensions",
             "list",

@@ -65,13 +65,13 @@ def _encode_rows(
     rejections: list[Rejection] = []
     for index, record in enumerate(records):
         identity = record.get(RECORD_ID_KEY)
-        if seen is not None and identity is not None:
-            if identity in seen:
-                continue
+        if seen is not None and identity is not None and identity in seen:
+            continue
         try:
             lines.append(encode(record))
         except (NotSerializable, TypeError, ValueError) as exc:
-            rejections.append(Rejection(index, f"cannot serialise record: {exc}", "NotSerializable"))
+            message = f"cannot serialise record: {exc}"
+            rejections.append(Rejection(index, message, "NotSerializable"))
             continue
         if seen is not None and identity is not None:
             seen.add(identity)

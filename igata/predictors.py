@@ -1,0 +1,5 @@
+"""The original import path of the predictor base class."""
+
+from igata_core.predictor import PredictorBase
+
+__all__ = ["PredictorBase"]

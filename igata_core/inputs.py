@@ -1,0 +1,131 @@
+"""Turning an :class:`Item` into the predictor's input: loader by URI scheme, then decoder."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from igata_core.components import Decoder, Item, Loader, RecordError
+
+
+class StageError(Exception):
+    """A record failed in one stage (``load`` or ``decode``); wraps the cause."""
+
+    def __init__(self, stage: str, cause: BaseException):
+        super().__init__(str(cause))
+        self.stage = stage
+        self.cause = cause
+
+
+def scheme_of(uri: str) -> str:
+    scheme = urlsplit(uri).scheme.lower()
+    # "C:\\x" parses as scheme "c"; a one-letter scheme is a drive, not a URI.
+    return "file" if len(scheme) <= 1 else scheme
+
+
+class ComponentPool:
+    """Lazily created, shared instances of loaders or decoders, by key."""
+
+    def __init__(self, classes: Mapping[str, type], factory: Callable[[type], Any]):
+        self._classes = dict(classes)
+        self._factory = factory
+        self._instances: dict[type, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> Any | None:
+        cls = self._classes.get(key)
+        if cls is None:
+            return None
+        with self._lock:
+            instance = self._instances.get(cls)
+            if instance is None:
+                instance = self._instances[cls] = self._factory(cls)
+            return instance
+
+    def keys(self) -> list[str]:
+        return sorted(self._classes)
+
+    def created(self) -> list[Any]:
+        with self._lock:
+            return list(self._instances.values())
+
+
+class InputReader:
+    """Loads and decodes items; thread-safe (used from the engine's pool)."""
+
+    def __init__(
+        self,
+        loaders: ComponentPool,
+        decoders: ComponentPool,
+        extensions: Mapping[str, str],
+        default_decoder: str | None = None,
+    ):
+        self.loaders = loaders
+        self.decoders = decoders
+        # Longest suffix first so ".csv.gz"-style entries win over ".gz".
+        self._extensions = sorted(extensions.items(), key=lambda kv: -len(kv[0]))
+        self.default_decoder = default_decoder
+
+    def read(self, item: Item) -> tuple[Any, dict[str, Any]]:
+        """The predictor input for ``item`` and its meta (loader meta under item meta)."""
+        if item.data is not None:
+            return item.data, dict(item.meta)
+        if item.uri is None:
+            raise StageError("load", RecordError("the request names no input (no URI, no data)"))
+        if isinstance(item.uri, str):
+            data, loaded_meta = self._read_one(item.uri, item.decoder)
+            return data, {**loaded_meta, **item.meta}
+        inputs = {}
+        for field, uri in item.uri.items():
+            inputs[field], _ = self._read_one(uri, item.decoder)
+        return inputs, dict(item.meta)
+
+    def _read_one(self, uri: str, decoder_name: str | None) -> tuple[Any, dict[str, Any]]:
+        scheme = scheme_of(uri)
+        loader: Loader | None = self.loaders.get(scheme)
+        if loader is None:
+            known = ", ".join(self.loaders.keys())
+            hint = " (pip install igata-s3)" if scheme == "s3" else ""
+            raise StageError(
+                "load",
+                RecordError(f"{uri}: no loader for scheme {scheme!r}{hint}; loaders: {known}"),
+            )
+        try:
+            loaded = loader.load(uri)
+        except Exception as exc:
+            raise StageError("load", exc) from exc
+        try:
+            data, ref = loaded.data, uri
+            if ref.lower().endswith(".gz"):
+                data = gzip.decompress(data)
+                ref = ref[:-3]
+            decoder = self._decoder_for(ref, decoder_name)
+            return decoder.decode(data, uri), loaded.meta
+        except StageError:
+            raise
+        except (OSError, EOFError, zlib.error) as exc:
+            raise StageError("decode", RecordError(f"{uri}: not valid gzip data ({exc})")) from exc
+        except Exception as exc:
+            raise StageError("decode", exc) from exc
+
+    def _decoder_for(self, ref: str, name: str | None) -> Decoder:
+        name = name or self.default_decoder
+        if not name:
+            path = urlsplit(ref).path.lower() if "://" in ref else ref.lower()
+            for suffix, decoder_name in self._extensions:
+                if path.endswith(suffix):
+                    name = decoder_name
+                    break
+            else:
+                raise RecordError(
+                    f"{ref}: no decoder for this file type; choose one with --decoder "
+                    f"({', '.join(self.decoders.keys())})"
+                )
+        decoder: Decoder | None = self.decoders.get(name)
+        if decoder is None:
+            raise RecordError(f"unknown decoder {name!r} ({', '.join(self.decoders.keys())})")
+        return decoder

@@ -1,0 +1,690 @@
+"""The pipeline engine: source -> load/decode pool -> predictor (batches) -> sink -> ack.
+
+Threads:
+
+* the *producer* pulls envelopes from the source and submits their items to a thread pool
+  that loads and decodes them; it blocks when the prefetch window is full, so memory is
+  bounded by the window and not by the size of the input;
+* the *main* thread (the one calling :meth:`Pipeline.run`) runs the predictor in batches,
+  so SIGALRM-based predict timeouts work;
+* the *writer* buffers results and error outcomes, calls ``put_records``/``put_errors``
+  and ``flush`` by the flush policy, and then acks or nacks each envelope whose records
+  are all resolved.
+
+Delivery semantics are those of DESIGN.md: ack only after flush; nack after the error
+outcomes are flushed; a failing flush is retried with backoff within a budget while no
+new input is pulled, and exhausting it stops the run (exit code 3) with nothing acked or
+nacked, so the source redelivers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from igata_core.components import (
+    RECORD_ID_KEY,
+    RECORD_INPUT_KEY,
+    Envelope,
+    ErrorOutcome,
+    Item,
+    Rejection,
+    ServiceUnavailable,
+    Sink,
+    Source,
+)
+from igata_core.inputs import InputReader, StageError
+from igata_core.predictor import (
+    PredictorBase,
+    call_batch,
+    has_batch,
+    postprocess_caller,
+    time_limit,
+)
+from igata_core.serialize import dumps
+
+log = logging.getLogger("igata.pipeline")
+
+EXIT_OK = 0
+EXIT_FAILED_RECORDS = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+@dataclass
+class Settings:
+    """Engine settings (``igata run`` options of the same names)."""
+
+    concurrency: int = 8
+    batch_size: int = 16
+    max_batch_wait: float = 0.05
+    chunk_size: int = 15
+    flush_interval: float = 1.0
+    sink_retry_budget: float = 60.0
+    predict_timeout: float | None = None
+    prefetch: int = 0  # 0: twice the larger of concurrency and batch size
+    errors_path: str | None = None
+
+    def window(self) -> int:
+        return self.prefetch or 2 * max(self.concurrency, self.batch_size)
+
+
+@dataclass
+class RunSummary:
+    """What a run did; ``exit_code`` follows DESIGN.md."""
+
+    envelopes: int = 0
+    read: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    written: int = 0
+    acked: int = 0
+    nacked: int = 0
+    seconds: float = 0.0
+    exit_code: int = EXIT_OK
+    reason: str = ""
+    interrupted: bool = False
+    failed_by_stage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def records_per_second(self) -> float:
+        return self.succeeded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "envelopes": self.envelopes,
+            "read": self.read,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "written": self.written,
+            "acked": self.acked,
+            "nacked": self.nacked,
+            "seconds": round(self.seconds, 3),
+            "records_per_second": round(self.records_per_second, 2),
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "interrupted": self.interrupted,
+            "failed_by_stage": dict(self.failed_by_stage),
+        }
+
+
+@dataclass(eq=False)
+class _Ticket:
+    """Ack bookkeeping of one envelope: records not yet resolved, and whether any failed."""
+
+    envelope: Envelope
+    pending: int
+    failed: bool = False
+
+
+@dataclass
+class _Work:
+    """An item on its way through the engine."""
+
+    ticket: _Ticket
+    item: Item
+    input: Any = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Result:
+    ticket: _Ticket
+    record: dict[str, Any]
+
+
+@dataclass
+class _Failure:
+    ticket: _Ticket
+    outcome: ErrorOutcome
+
+
+_DONE = object()
+_RECORD_KEYS = (RECORD_ID_KEY, RECORD_INPUT_KEY)
+
+
+class _Aborted(Exception):
+    """Internal: the run is being aborted (exit code 3)."""
+
+
+class Pipeline:
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        predictor: PredictorBase,
+        reader: InputReader,
+        settings: Settings | None = None,
+        *,
+        on_progress: Callable[[RunSummary], None] | None = None,
+    ):
+        self.source = source
+        self.sink = sink
+        self.predictor = predictor
+        self.reader = reader
+        self.settings = settings or Settings()
+        self.summary = RunSummary()
+        self.outcomes: list[ErrorOutcome] = []
+        self._on_progress = on_progress
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._abort = threading.Event()
+        self._sink_ok = threading.Event()
+        self._sink_ok.set()
+        self._slots = threading.Semaphore(self.settings.window())
+        self._ready: queue.Queue[Any] = queue.Queue()
+        # Bounded, so a stuck sink holds the predictor, which holds the prefetch window.
+        self._out: queue.Queue[Any] = queue.Queue(
+            maxsize=max(4 * self.settings.chunk_size, 2 * self.settings.batch_size, 64)
+        )
+        self._in_flight = 0  # items submitted to the pool and not yet handed to the writer
+        self._producer_done = threading.Event()
+        self._errors_file: IO[str] | None = None
+        self._postprocess = postprocess_caller(predictor)
+        self._batched = has_batch(predictor)
+
+    # -- control -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop: read no more input, finish what is in flight, flush, ack."""
+        if not self._stopping.is_set():
+            self._stopping.set()
+            self.summary.interrupted = True
+            try:
+                self.source.stop()
+            except Exception:
+                log.exception("source %r: stop failed", self.source.name)
+
+    def _fail_run(self, reason: str, *, abort: bool) -> None:
+        """Stop with exit code 3.
+
+        ``abort`` (the sink is down): drop in-flight work unacknowledged at once. Otherwise
+        (the source is down) finish in-flight work, flush and ack as in a graceful stop.
+        """
+        with self._lock:
+            first = self.summary.exit_code != EXIT_UNAVAILABLE
+            self.summary.exit_code = EXIT_UNAVAILABLE
+            if first:
+                self.summary.reason = reason
+            if abort:
+                self._abort.set()
+        log.error("%s", reason)
+        self._stopping.set()
+        self._sink_ok.set()  # wake a paused producer so it can see the stop
+        try:
+            self.source.stop()
+        except Exception:
+            log.exception("source %r: stop failed", self.source.name)
+
+    # -- the run -----------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        """Run to the end; the caller has called the predictor's ``setup()``."""
+        started = time.monotonic()
+        if self.settings.errors_path:
+            self._errors_file = open(self.settings.errors_path, "w", encoding="utf-8")  # noqa: SIM115
+        pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="igata-load")
+        producer = threading.Thread(
+            target=self._produce, args=(pool,), name="igata-producer", daemon=True
+        )
+        writer = threading.Thread(target=self._write, name="igata-writer", daemon=True)
+        writer.start()
+        producer.start()
+        try:
+            self._predict_loop()
+        finally:
+            pool.shutdown(wait=not self._abort.is_set(), cancel_futures=True)
+            self._put_out(_DONE, force=True)
+            writer.join()
+            producer.join(timeout=0 if self._abort.is_set() else None)
+            if self._errors_file is not None:
+                self._errors_file.close()
+            self._close()
+        self.summary.seconds = time.monotonic() - started
+        if self.summary.exit_code == EXIT_OK and self.summary.failed and self.source.finite:
+            self.summary.exit_code = EXIT_FAILED_RECORDS
+            self.summary.reason = f"{self.summary.failed} record(s) failed"
+        return self.summary
+
+    def _close(self) -> None:
+        for what, component in (("source", self.source), ("sink", self.sink)):
+            try:
+                component.close()
+            except Exception as exc:
+                if what == "sink" and not self._abort.is_set():
+                    self._fail_run(
+                        f"sink {component.name!r} failed to close: {type(exc).__name__}: {exc}",
+                        abort=False,
+                    )
+                else:
+                    log.error(
+                        "%s %r: close failed: %s: %s",
+                        what, component.name, type(exc).__name__, exc,
+                    )  # fmt: skip
+
+    # -- producer thread -----------------------------------------------------------------
+
+    def _produce(self, pool: ThreadPoolExecutor) -> None:
+        try:
+            self.source.open()
+            for envelope in self.source.envelopes():
+                self._accept(envelope, pool)
+                if self._stopping.is_set():
+                    break
+                # A failing sink pauses intake; in-flight messages stay leased.
+                while not self._sink_ok.wait(0.5):
+                    if self._abort.is_set():
+                        return
+        except _Aborted:
+            pass
+        except ServiceUnavailable as exc:
+            self._fail_run(f"source {self.source.name!r} unavailable: {exc}", abort=False)
+        except Exception as exc:
+            log.debug("source failure", exc_info=True)
+            self._fail_run(
+                f"source {self.source.name!r} failed: {type(exc).__name__}: {exc}", abort=False
+            )
+        finally:
+            self._producer_done.set()
+            self._ready.put(None)  # wake the predictor loop
+
+    def _accept(self, envelope: Envelope, pool: ThreadPoolExecutor) -> None:
+        items = envelope.items
+        ticket = _Ticket(envelope, pending=len(items) if not envelope.error else 1)
+        with self._lock:
+            self.summary.envelopes += 1
+            self.summary.read += len(items)
+        if envelope.error:
+            self._put_out(_Failure(ticket, self._outcome(ticket, None, "parse", envelope.error)))
+            return
+        if not items:
+            log.warning("%s: holds no requests; acknowledged", envelope.ref)
+            self._put_out(_Result(ticket, {}))
+            return
+        for item in items:
+            if item.error:
+                self._put_out(_Failure(ticket, self._outcome(ticket, item, "parse", item.error)))
+                continue
+            while not self._slots.acquire(timeout=0.5):
+                if self._abort.is_set():
+                    raise _Aborted
+            with self._lock:
+                self._in_flight += 1
+            pool.submit(self._load, _Work(ticket, item))
+
+    # -- pool threads ----------------------------------------------------------------------
+
+    def _load(self, work: _Work) -> None:
+        try:
+            work.input, work.meta = self.reader.read(work.item)
+            self._ready.put(work)
+        except StageError as exc:
+            self._ready.put(self._outcome(work.ticket, work.item, exc.stage, exc.cause, work))
+        except BaseException as exc:
+            self._ready.put(self._outcome(work.ticket, work.item, "load", exc, work))
+
+    # -- main thread: the predictor --------------------------------------------------------
+
+    def _predict_loop(self) -> None:
+        self.predictor.set_predict_timeout(
+            self.settings.predict_timeout or getattr(self.predictor, "predict_timeout", None)
+        )
+        while True:
+            if self._abort.is_set():
+                return
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                self._run_batch(batch)
+
+    def _next_batch(self) -> list[_Work] | None:
+        """Up to ``batch_size`` loaded items; ``[]`` on a timeout; None when all is done."""
+        batch: list[_Work] = []
+        deadline: float | None = None
+        while len(batch) < self.settings.batch_size:
+            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                entry = self._ready.get(timeout=timeout)
+            except queue.Empty:
+                if batch:
+                    return batch
+                if self._finished():
+                    return None
+                if deadline is None:
+                    return batch
+                continue
+            if entry is None:  # producer finished; drain what is left
+                if batch:
+                    return batch
+                if self._finished():
+                    return None
+                continue
+            if isinstance(entry, _Failure):
+                self._handed_over(entry)
+                continue
+            batch.append(entry)
+            if deadline is None:
+                deadline = time.monotonic() + self.settings.max_batch_wait
+        return batch
+
+    def _finished(self) -> bool:
+        with self._lock:
+            return self._producer_done.is_set() and self._in_flight == 0 and self._ready.empty()
+
+    def _handed_over(self, entry: _Result | _Failure) -> None:
+        """An item leaves the predictor stage: free its prefetch slot, pass it on."""
+        self._slots.release()
+        with self._lock:
+            self._in_flight -= 1
+        self._put_out(entry)
+
+    def _run_batch(self, batch: list[_Work]) -> None:
+        prepared: list[_Work] = []
+        for work in batch:
+            try:
+                work.input = self.predictor.preprocess_input(work.input, work.meta)
+                prepared.append(work)
+            except Exception as exc:
+                self._handed_over(self._outcome(work.ticket, work.item, "preprocess", exc, work))
+        if not prepared:
+            return
+        predictions = self._predict(prepared)
+        for work, (ok, value) in zip(prepared, predictions, strict=True):
+            if not ok:
+                self._handed_over(self._outcome(work.ticket, work.item, "predict", value, work))
+                continue
+            try:
+                result = self._postprocess(value, work.meta)
+            except Exception as exc:
+                self._handed_over(self._outcome(work.ticket, work.item, "postprocess", exc, work))
+                continue
+            self._handed_over(_Result(work.ticket, self._record(work, result)))
+
+    def _predict(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
+        """(ok, prediction or exception) per work item, isolating failures per record."""
+        inputs = [work.input for work in batch]
+        metas = [work.meta for work in batch]
+        timeout = getattr(self.predictor, "predict_timeout", None)
+        if self._batched:
+            try:
+                with time_limit(timeout, "predict_batch"):
+                    return [(True, r) for r in call_batch(self.predictor, inputs, metas)]
+            except Exception as exc:
+                if len(batch) == 1:
+                    return [(False, exc)]
+                log.warning(
+                    "predict_batch failed for a batch of %d (%s: %s); retrying record by record",
+                    len(batch), type(exc).__name__, exc,
+                )  # fmt: skip
+            results: list[tuple[bool, Any]] = []
+            for one_input, meta in zip(inputs, metas, strict=True):
+                try:
+                    with time_limit(timeout, "predict_batch"):
+                        results.append((True, call_batch(self.predictor, [one_input], [meta])[0]))
+                except Exception as exc:
+                    results.append((False, exc))
+            return results
+        results = []
+        for one_input, meta in zip(inputs, metas, strict=True):
+            try:
+                with time_limit(timeout, "predict"):
+                    results.append((True, self.predictor.predict(one_input, meta)))
+            except Exception as exc:
+                results.append((False, exc))
+        return results
+
+    def _record(self, work: _Work, prediction: Any) -> dict[str, Any]:
+        if prediction is None:
+            prediction = {}
+        elif not isinstance(prediction, dict):
+            prediction = {"result": prediction}
+        return {
+            **prediction,
+            **work.item.meta,
+            **{k: v for k, v in work.meta.items() if k not in prediction},
+            RECORD_ID_KEY: work.item.identity,
+            RECORD_INPUT_KEY: _input_ref(work.ticket.envelope, work.item),
+        }
+
+    def _outcome(
+        self,
+        ticket: _Ticket,
+        item: Item | None,
+        stage: str,
+        error: BaseException | str,
+        work: _Work | None = None,
+    ) -> _Failure:
+        envelope = ticket.envelope
+        if isinstance(error, BaseException):
+            error_type, message = type(error).__name__, str(error) or repr(error)
+            stage = getattr(error, "stage", "") or stage
+        else:
+            error_type, message = "RecordError", error
+        meta = dict(work.meta) if work and work.meta else dict(item.meta) if item else {}
+        return _Failure(
+            ticket,
+            ErrorOutcome(
+                identity=item.identity if item else envelope.ref,
+                input=_input_ref(envelope, item),
+                stage=stage,
+                error_type=error_type,
+                message=message,
+                attempt=envelope.attempt,
+                final=envelope.final,
+                meta=meta,
+            ),
+        )
+
+    def _put_out(self, entry: Any, force: bool = False) -> None:
+        while True:
+            try:
+                self._out.put(entry, timeout=0.5)
+                return
+            except queue.Full:
+                if self._abort.is_set() and not force:
+                    raise _Aborted from None
+                if self._abort.is_set():
+                    # The writer is gone; make room so the final marker gets through.
+                    with contextlib.suppress(queue.Empty):
+                        self._out.get_nowait()
+
+    # -- writer thread -----------------------------------------------------------------------
+
+    def _write(self) -> None:
+        try:
+            self.sink.open()
+        except Exception as exc:
+            self._fail_run(
+                f"sink {self.sink.name!r} could not be opened: {type(exc).__name__}: {exc}",
+                abort=True,
+            )
+            return
+        results: list[_Result] = []
+        failures: list[_Failure] = []
+        oldest = 0.0
+        done = False
+        while not done and not self._abort.is_set():
+            timeout = self.settings.flush_interval
+            if results or failures:
+                timeout = max(0.0, oldest + self.settings.flush_interval - time.monotonic())
+            try:
+                entry = self._out.get(timeout=timeout)
+            except queue.Empty:
+                entry = None
+            if entry is _DONE:
+                done = True
+            elif isinstance(entry, _Result):
+                if not results and not failures:
+                    oldest = time.monotonic()
+                results.append(entry)
+            elif isinstance(entry, _Failure):
+                if not results and not failures:
+                    oldest = time.monotonic()
+                failures.append(entry)
+            due = (
+                done
+                or len(results) >= self.settings.chunk_size
+                or (
+                    (results or failures)
+                    and time.monotonic() - oldest >= self.settings.flush_interval
+                )
+            )
+            if due and (results or failures):
+                if not self._flush(results, failures):
+                    return
+                results, failures = [], []
+                self._progress()
+
+    def _flush(self, results: list[_Result], failures: list[_Failure]) -> bool:
+        """Write, flush (with retries), then ack/nack; False when the run was aborted."""
+        real = [r for r in results if r.record]  # empty envelopes carry an empty marker
+        chunk_size = self.settings.chunk_size
+        chunks = [real[i : i + chunk_size] for i in range(0, len(real), chunk_size)]
+        state: dict[str, Any] = {"chunks_put": 0, "errors_put": False, "rejected": set()}
+
+        def attempt() -> None:
+            while state["chunks_put"] < len(chunks):
+                chunk = chunks[state["chunks_put"]]
+                rejections = self.sink.put_records([r.record for r in chunk]) or ()
+                state["chunks_put"] += 1
+                state["rejected"].update(self._reject(chunk, rejections, failures))
+            if failures and not state["errors_put"]:
+                self.sink.put_errors([f.outcome for f in failures])
+                state["errors_put"] = True
+            self.sink.flush()
+
+        if not self._retry_sink(attempt):
+            return False
+        written = [r for r in real if id(r) not in state["rejected"]]
+        self._report_failures(failures)
+        with self._lock:
+            self.summary.written += len(written)
+            self.summary.succeeded += len(written)
+            self.summary.failed += len(failures)
+            for failure in failures:
+                stage = failure.outcome.stage
+                self.summary.failed_by_stage[stage] = self.summary.failed_by_stage.get(stage, 0) + 1
+        self._settle([*results, *failures])
+        return True
+
+    def _reject(
+        self, chunk: list[_Result], rejections: Sequence[Rejection], failures: list[_Failure]
+    ) -> set[int]:
+        """Turn the sink's rejections into failures; returns the ids of the rejected results."""
+        rejected: set[int] = set()
+        for rejection in rejections:
+            if not 0 <= rejection.index < len(chunk):
+                log.error(
+                    "sink %r rejected an unknown record index %r", self.sink.name, rejection.index
+                )
+                continue
+            result = chunk[rejection.index]
+            envelope = result.ticket.envelope
+            record = result.record
+            outcome = ErrorOutcome(
+                identity=str(record.get(RECORD_ID_KEY, envelope.ref)),
+                input=str(record.get(RECORD_INPUT_KEY, envelope.ref)),
+                stage="sink",
+                error_type=rejection.error_type,
+                message=rejection.message,
+                attempt=envelope.attempt,
+                final=envelope.final,
+                meta={k: v for k, v in record.items() if k not in _RECORD_KEYS},
+            )
+            failures.append(_Failure(result.ticket, outcome))
+            rejected.add(id(result))
+            # The result entry and its failure both settle this ticket: count both.
+            result.ticket.pending += 1
+        return rejected
+
+    def _retry_sink(self, attempt: Callable[[], None]) -> bool:
+        delay = 0.2
+        deadline: float | None = None
+        while True:
+            try:
+                attempt()
+                self._sink_ok.set()
+                return True
+            except Exception as exc:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.settings.sink_retry_budget
+                if now >= deadline:
+                    self._fail_run(
+                        f"sink {self.sink.name!r} stayed unavailable for "
+                        f"{self.settings.sink_retry_budget:g} s ({type(exc).__name__}: {exc}); "
+                        "stopping without acknowledging unwritten input (it will be redelivered)",
+                        abort=True,
+                    )
+                    return False
+                self._sink_ok.clear()
+                log.warning(
+                    "sink %r: write failed (%s: %s); retrying in %.1f s (pausing intake)",
+                    self.sink.name, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                time.sleep(min(delay, max(0.0, deadline - now)))
+                delay = min(delay * 2, 10.0)
+
+    def _report_failures(self, failures: list[_Failure]) -> None:
+        for failure in failures:
+            outcome = failure.outcome
+            log.error(
+                "%s: failed at %s: %s: %s (attempt %d%s)",
+                outcome.input, outcome.stage, outcome.error_type, outcome.message,
+                outcome.attempt, ", final" if outcome.final else ", will be retried",
+            )  # fmt: skip
+            self.outcomes.append(outcome)
+        if self._errors_file is not None and failures:
+            for failure in failures:
+                self._errors_file.write(dumps(failure.outcome.to_dict(), ensure_ascii=False) + "\n")
+            self._errors_file.flush()
+
+    def _settle(self, entries: Sequence[_Result | _Failure]) -> None:
+        acks: list[Envelope] = []
+        nacks: list[Envelope] = []
+        for entry in entries:
+            ticket = entry.ticket
+            if isinstance(entry, _Failure):
+                ticket.failed = True
+            ticket.pending -= 1
+            if ticket.pending == 0:
+                (nacks if ticket.failed else acks).append(ticket.envelope)
+        calls = ((self.source.ack, acks, "ack"), (self.source.nack, nacks, "nack"))
+        for method, envelopes, what in calls:
+            if not envelopes:
+                continue
+            try:
+                method(envelopes)
+            except Exception as exc:
+                # The input comes back by itself; the sink's idempotent writes absorb it.
+                log.error(
+                    "source %r: %s of %d envelope(s) failed: %s: %s",
+                    self.source.name, what, len(envelopes), type(exc).__name__, exc,
+                )  # fmt: skip
+                continue
+            with self._lock:
+                if what == "ack":
+                    self.summary.acked += len(envelopes)
+                else:
+                    self.summary.nacked += len(envelopes)
+
+    def _progress(self) -> None:
+        if self._on_progress is not None:
+            try:
+                self._on_progress(self.summary)
+            except Exception:
+                log.debug("progress callback failed", exc_info=True)
+
+
+def _input_ref(envelope: Envelope, item: Item | None) -> str:
+    if item is not None and isinstance(item.uri, str):
+        return item.uri
+    return envelope.ref
