@@ -300,9 +300,9 @@ class Pipeline:
         ticket = _Ticket(envelope, pending=len(items) if not envelope.error else 1)
         with self._lock:
             self.summary.envelopes += 1
-            self.summary.read += len(items)
+            self.summary.read += 1 if envelope.error else len(items)
         if envelope.error:
-            self._put_out(_Failure(ticket, self._outcome(ticket, None, "parse", envelope.error)))
+            self._put_out(self._outcome(ticket, None, "parse", envelope.error))
             return
         if not items:
             log.warning("%s: holds no requests; acknowledged", envelope.ref)
@@ -310,7 +310,7 @@ class Pipeline:
             return
         for item in items:
             if item.error:
-                self._put_out(_Failure(ticket, self._outcome(ticket, item, "parse", item.error)))
+                self._put_out(self._outcome(ticket, item, "parse", item.error))
                 continue
             while not self._slots.acquire(timeout=0.5):
                 if self._abort.is_set():

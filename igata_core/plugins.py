@@ -234,7 +234,7 @@ def build_registry(
                 (ep.name, ep.load, dist.name if dist else None, dist.version if dist else None)
             )
     for name, obj in extra_plugins:
-        candidates.append((name, (lambda o=obj: o), None, None))
+        candidates.append((name, _constant(obj), None, None))
 
     for name, load, dist_name, version in candidates:
         info = PluginInfo(name, dist_name, version)
@@ -258,9 +258,9 @@ def build_registry(
         hook = getattr(pm.hook, hook_name)
         for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name):
             plugin_name = impl.plugin_name.split(":", 1)[0]
-            info = registry.plugins.get(plugin_name)
-            if info is not None and hook_name not in info.hooks:
-                info.hooks.append(hook_name)
+            owner = registry.plugins.get(plugin_name)
+            if owner is not None and hook_name not in owner.hooks:
+                owner.hooks.append(hook_name)
 
             def register(obj: Any, _kind: str = kind, _plugin: str = plugin_name) -> None:
                 registry.add(_kind, obj, _plugin)
@@ -269,8 +269,8 @@ def build_registry(
                 impl.function(register=register)
             except Exception as exc:
                 error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
-                if info is not None:
-                    info.error = error
+                if owner is not None:
+                    owner.error = error
                 log.warning("plugin %r: %s", plugin_name, error)
                 if strict:
                     raise PluginError(f"plugin {plugin_name!r}: {error}") from exc
@@ -279,6 +279,10 @@ def build_registry(
         if clashes:
             raise PluginError("; ".join(clashes))
     return registry
+
+
+def _constant(obj: object) -> Callable[[], object]:
+    return lambda: obj
 
 
 def _check_api_version(name: str, plugin: object) -> None:

@@ -82,7 +82,7 @@ def postprocess_caller(predictor: PredictorBase) -> Callable[[Any, dict[str, Any
         return lambda result, meta: method(result, meta)
     if len(params) >= 2 or varargs:
         return lambda result, meta: method(result, meta)
-    return lambda result, meta: method(result)  # type: ignore[call-arg]
+    return lambda result, meta: method(result)  # type: ignore[call-arg,unused-ignore]
 
 
 @contextmanager

@@ -59,7 +59,7 @@ class LocalAws:
         from botocore.config import Config
 
         config = Config(s3={"addressing_style": "path"}) if service == "s3" else None
-        return boto3.client(  # type: ignore[call-overload]
+        return boto3.client(  # type: ignore[call-overload,unused-ignore]
             service,
             endpoint_url=self.url,
             region_name=FAKE_AWS_ENV["AWS_DEFAULT_REGION"],

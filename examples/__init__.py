@@ -1,0 +1,1 @@
+"""Example predictors for igata and the local demo (``python -m examples.demo``)."""
