@@ -63,10 +63,15 @@ def _calls(spec: int | Iterable[int] | None) -> frozenset[int]:
 
 
 def make_exception(
-    exc: ExceptionSpec | None, operation: str, what: str, call: int, default: type[BaseException]
+    exc: ExceptionSpec | None,
+    operation: str,
+    what: str,
+    call: int,
+    default: type[BaseException],
+    message: str = "",
 ) -> BaseException:
     """The exception ``exc`` describes for call number ``call`` of ``what.operation``."""
-    message = f"injected fault: {what}.{operation} call {call} fails"
+    message = message or f"injected fault: {what}.{operation} call {call} fails"
     if exc is None:
         return default(message)
     if isinstance(exc, BaseException):
@@ -352,8 +357,10 @@ class FaultySource(Source):
             raise self._source_failure()
 
     def _source_failure(self) -> BaseException:
+        count = len(self.yielded)
+        message = f"injected fault: {self.name} fails after {count} envelope(s)"
         return make_exception(
-            self._exc, "envelopes", self.name, len(self.yielded) + 1, ServiceUnavailable
+            self._exc, "envelopes", self.name, count + 1, ServiceUnavailable, message
         )
 
     def ack(self, envelopes: Sequence[Envelope]) -> None:

@@ -1,0 +1,1 @@
+"""igata benchmarks: ratios against baselines measured in the same run (docs/benchmarks.md)."""

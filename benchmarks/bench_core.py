@@ -1,0 +1,239 @@
+"""The core's figures: engine overhead, batching, memory, start-up."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import BenchContext, Measurement, benchmark
+from benchmarks.images import decode_rgb, write_png_dir
+from benchmarks.predictors import BatchedMlpPredictor, MlpPredictor, NoopPredictor
+from benchmarks.subprocesses import (
+    HEAVY_MODULES,
+    igata_command,
+    imported_modules,
+    peak_rss_mb,
+    wall_time,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _engine_rate(
+    directory: Path, n: int, predictor: type, registry: Any, **settings: Any
+) -> Callable[[], float]:
+    """One in-process run files -> predictor -> null sink, as records per second."""
+    from igata_core.testing import run_pipeline
+
+    def run() -> float:
+        started = time.perf_counter()
+        result = run_pipeline(
+            "files", "null", predictor, inputs=[str(directory)], registry=registry, **settings
+        )
+        elapsed = time.perf_counter() - started
+        if result.exit_code != 0 or result.summary["succeeded"] != n:
+            raise RuntimeError(f"benchmark run went wrong: {result.summary}")
+        return n / elapsed
+
+    return run
+
+
+@benchmark("core", "engine overhead: files -> no-op predictor -> null sink")
+def engine_overhead(ctx: BenchContext) -> list[Measurement]:
+    from igata_core.plugins import build_registry
+
+    n = 1000
+    paths = write_png_dir(ctx.tmp_path / "images", n)
+
+    def loop() -> float:
+        started = time.perf_counter()
+        for path in paths:
+            decode_rgb(path.read_bytes())
+        return n / (time.perf_counter() - started)
+
+    def pool() -> float:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as executor:
+            for _ in executor.map(lambda p: decode_rgb(p.read_bytes()), paths):
+                pass
+        return n / (time.perf_counter() - started)
+
+    registry = build_registry()
+    samples = ctx.repeat_interleaved(
+        {
+            "igata": _engine_rate(ctx.tmp_path / "images", n, NoopPredictor, registry),
+            "plain loop: read + Pillow -> numpy": loop,
+            "ThreadPoolExecutor(8): same work": pool,
+        },
+        warmup=1,
+    )
+    return [
+        Measurement(
+            title=f"engine overhead: {n:,} 32x32 PNGs, no-op predictor, null sink",
+            unit="records/s",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            target="close to the plain loop (the engine adds little per record)",
+        )
+    ]
+
+
+@benchmark("core", "batching: predict_batch against per-record predict, both through igata")
+def batching(ctx: BenchContext) -> list[Measurement]:
+    from igata_core.plugins import build_registry
+
+    n = 1000
+    directory = ctx.tmp_path / "images"
+    paths = write_png_dir(directory, n)
+    registry = build_registry()
+    with _one_blas_thread() as blas:
+        ceiling = _model_alone([decode_rgb(p.read_bytes()) for p in paths], batch_size=32)
+        samples = ctx.repeat_interleaved(
+            {
+                "igata": _engine_rate(directory, n, BatchedMlpPredictor, registry, batch_size=32),
+                "per-record predict": _engine_rate(
+                    directory, n, MlpPredictor, registry, batch_size=32
+                ),
+            },
+            warmup=1,
+        )
+    return [
+        Measurement(
+            title=f"batching: MLP 3072-256-10 on {n:,} 32x32 PNGs, predict_batch (32)",
+            unit="records/s",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            target="> 1: one vectorised call per batch beats a call per record",
+            extra={
+                "BLAS threads": blas,
+                "model alone on decoded arrays (records/s)": (
+                    f"per record {ceiling['per record']:,.0f}, batched {ceiling['batched']:,.0f}"
+                ),
+            },
+        )
+    ]
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[str]:
+    """Single-threaded BLAS for the block, when threadpoolctl is there to set it.
+
+    OpenBLAS's worker threads spin while they wait; next to igata's loader threads on a
+    small machine they slow a tiny matmul down tenfold, and the figure would measure that
+    contention instead of batching.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield "library default (threadpoolctl not installed)"
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield "1 (threadpoolctl)"
+
+
+def _model_alone(arrays: list[Any], batch_size: int) -> dict[str, float]:
+    """The model's own speed without igata, per record and batched (best of 3)."""
+    per_record, batched = MlpPredictor(), BatchedMlpPredictor()
+    per_record.setup()
+    batched.setup()
+    n = len(arrays)
+
+    def time_per_record() -> float:
+        started = time.perf_counter()
+        for array in arrays:
+            per_record.predict(array, {})
+        return n / (time.perf_counter() - started)
+
+    def time_batched() -> float:
+        started = time.perf_counter()
+        for i in range(0, n, batch_size):
+            chunk = arrays[i : i + batch_size]
+            batched.predict_batch(chunk, [{}] * len(chunk))
+        return n / (time.perf_counter() - started)
+
+    return {
+        "per record": max(time_per_record() for _ in range(3)),
+        "batched": max(time_batched() for _ in range(3)),
+    }
+
+
+@benchmark("core", "memory: peak RSS of igata run over 10x more images")
+def memory(ctx: BenchContext) -> list[Measurement]:
+    small, large = 1000, 10_000
+    write_png_dir(ctx.tmp_path / "small", small)
+    write_png_dir(ctx.tmp_path / "large", large)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+
+    def igata_run(directory: Path) -> Callable[[], float]:
+        predictor = "benchmarks.predictors:NoopPredictor"
+        command = [*igata_command(), "-q", "run", "--source", "files", "--sink", "null",
+                   "--predictor", predictor, str(directory)]  # fmt: skip
+        return lambda: peak_rss_mb(command, env=env)
+
+    floor = [sys.executable, "-c", "import numpy, PIL.Image, igata_core.pipeline"]
+    # Peak memory varies little between runs; three samples show the spread.
+    repeats = ctx.repeats
+    ctx.repeats = min(repeats, 3)
+    try:
+        samples = ctx.repeat_interleaved(
+            {
+                "igata": igata_run(ctx.tmp_path / "large"),
+                f"igata over {small:,} images": igata_run(ctx.tmp_path / "small"),
+                "interpreter + numpy + Pillow + engine imported": (
+                    lambda: peak_rss_mb(floor, env=env)
+                ),
+            }
+        )
+    finally:
+        ctx.repeats = repeats
+    return [
+        Measurement(
+            title=f"memory: peak RSS, igata run over {large:,} PNGs (null sink)",
+            unit="MiB",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            higher_is_better=False,
+            target=f"ratio to {small:,} images >= 0.9 (memory does not grow with input count)",
+        )
+    ]
+
+
+@benchmark("core", "start-up: igata --help against a bare interpreter")
+def startup(ctx: BenchContext) -> list[Measurement]:
+    command = [*igata_command(), "--help"]
+    plugins = sorted(ep.name for ep in metadata.entry_points(group="igata"))
+    heavy = sorted(set(HEAVY_MODULES) & imported_modules(command))
+    samples = ctx.repeat_interleaved(
+        {
+            "igata": lambda: wall_time(command) * 1000,
+            "python -c pass": lambda: wall_time([sys.executable, "-c", "pass"]) * 1000,
+            "import click, pluggy": lambda: (
+                wall_time([sys.executable, "-c", "import click, pluggy, importlib.metadata"]) * 1000
+            ),
+        },
+        warmup=1,
+    )
+    return [
+        Measurement(
+            title="start-up: igata --help",
+            unit="ms",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            higher_is_better=False,
+            target="no boto3/botocore/numpy/PIL imported",
+            extra={
+                "plugins installed": ", ".join(plugins) or "none",
+                "heavy modules imported": ", ".join(heavy) or "none",
+            },
+        )
+    ]

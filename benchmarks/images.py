@@ -1,0 +1,45 @@
+"""Benchmark inputs: directories of small PNG images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+#: Distinct images encoded per data set; files repeat them (decoding costs the same).
+DISTINCT = 64
+
+
+def png_images(count: int, size: int = 32, seed: int = 0) -> list[bytes]:
+    """``count`` distinct random RGB PNGs of ``size``×``size`` pixels."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    return images
+
+
+def write_png_dir(directory: Path, n: int, size: int = 32) -> list[Path]:
+    """Write ``n`` PNG files into ``directory`` (created); their paths in sorted order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images = png_images(min(n, DISTINCT), size)
+    paths = []
+    for i in range(n):
+        path = directory / f"img-{i:06d}.png"
+        path.write_bytes(images[i % len(images)])
+        paths.append(path)
+    return paths
+
+
+def decode_rgb(data: bytes) -> object:
+    """What the baselines do per file: Pillow -> RGB -> numpy array (as the image decoder)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
