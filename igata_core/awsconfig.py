@@ -82,7 +82,7 @@ def config_kwargs(
     kwargs: dict[str, Any] = {
         "connect_timeout": connect_timeout,
         "read_timeout": read_timeout,
-        "retries": {"mode": "standard", "max_attempts": max_attempts},
+        "retries": {"mode": "standard", "total_max_attempts": max_attempts},
         "max_pool_connections": max_pool_connections,
     }
     if service == "s3" and uses_custom_endpoint("s3", environ):

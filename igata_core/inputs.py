@@ -27,6 +27,11 @@ def scheme_of(uri: str) -> str:
     return "file" if len(scheme) <= 1 else scheme
 
 
+def _path_of(uri: str) -> str:
+    """The lower-cased path part of a URI (no query string), or the path itself."""
+    return (urlsplit(uri).path if "://" in uri else uri).lower()
+
+
 class ComponentPool:
     """Lazily created, shared instances of loaders or decoders, by key."""
 
@@ -98,31 +103,31 @@ class InputReader:
             loaded = loader.load(uri)
         except Exception as exc:
             raise StageError("load", exc) from exc
-        try:
-            data, ref = loaded.data, uri
-            if ref.lower().endswith(".gz"):
+        data, path = loaded.data, _path_of(uri)
+        if path.endswith(".gz"):
+            try:
                 data = gzip.decompress(data)
-                ref = ref[:-3]
-            decoder = self._decoder_for(ref, decoder_name)
+            except (OSError, EOFError, zlib.error) as exc:
+                message = f"{uri}: not valid gzip data ({exc})"
+                raise StageError("decode", RecordError(message)) from exc
+            path = path[:-3]
+        try:
+            decoder = self._decoder_for(path, decoder_name, uri)
             return decoder.decode(data, uri), loaded.meta
-        except StageError:
-            raise
-        except (OSError, EOFError, zlib.error) as exc:
-            raise StageError("decode", RecordError(f"{uri}: not valid gzip data ({exc})")) from exc
         except Exception as exc:
             raise StageError("decode", exc) from exc
 
-    def _decoder_for(self, ref: str, name: str | None) -> Decoder:
+    def _decoder_for(self, path: str, name: str | None, uri: str) -> Decoder:
+        """The decoder by name, or by the suffix of ``path`` (lower-case, no query)."""
         name = name or self.default_decoder
         if not name:
-            path = urlsplit(ref).path.lower() if "://" in ref else ref.lower()
             for suffix, decoder_name in self._extensions:
                 if path.endswith(suffix):
                     name = decoder_name
                     break
             else:
                 raise RecordError(
-                    f"{ref}: no decoder for this file type; choose one with --decoder "
+                    f"{uri}: no decoder for this file type; choose one with --decoder "
                     f"({', '.join(self.decoders.keys())})"
                 )
         decoder: Decoder | None = self.decoders.get(name)

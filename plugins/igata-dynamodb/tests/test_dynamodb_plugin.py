@@ -1,0 +1,35 @@
+"""The plugin as installed: entry point, names, and a start-up that imports no boto3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from igata_core.plugins import build_registry
+
+
+def test_the_entry_point_registers_the_sink_its_alias_and_the_command() -> None:
+    registry = build_registry()
+    info = registry.plugins["dynamodb"]
+    assert info.error is None
+    assert info.distribution == "igata-dynamodb"
+    assert sorted(info.components) == ["command:dynamodb", "sink:dynamodb"]
+    assert (
+        registry.get("sink", "DynamodbOutputCtxManager").obj is registry.get("sink", "dynamodb").obj
+    )
+
+
+def test_registering_the_plugin_imports_no_aws_library() -> None:
+    code = (
+        "import json, sys\n"
+        "from igata_core.plugins import build_registry, heavy_modules_loaded\n"
+        "registry = build_registry()\n"
+        "registry.get('sink', 'dynamodb'); registry.get('command', 'dynamodb')\n"
+        "print(json.dumps(heavy_modules_loaded()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "boto3" not in loaded and "botocore" not in loaded

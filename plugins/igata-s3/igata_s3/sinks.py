@@ -1,0 +1,377 @@
+"""The ``s3-csv`` and ``s3-jsonl`` sinks: result records as part objects in a bucket.
+
+Durability and object count, both required:
+
+* ``flush()`` makes every record put so far durable **in S3** before it returns (the engine
+  acks the source only after that). S3 has no append, so a flush uploads the current part
+  *as it is so far* to the part's key, replacing the previous upload of that part.
+* Every upload is a complete object: a CSV part always starts with its header, a gzip part
+  is always a finished gzip stream, and an S3 PUT (or a completed multipart upload) is
+  atomic. A reader or a killed worker never leaves a half-written object.
+* The part moves on to a new key when it reaches ``part_max_records``, ``part_max_bytes``
+  or ``part_max_uploads`` (checked after each flush). The last bound is the trade-off: each
+  flush re-uploads the part so far, so the bytes sent are about ``part_max_uploads / 2``
+  times the data, while the number of objects is the number of flushes divided by
+  ``part_max_uploads``. Few large flushes (a larger ``--chunk-size`` and
+  ``--flush-interval``) make both small.
+
+The current part lives in a local temporary file (the spool) between uploads; with gzip it
+holds the compressed stream up to the last flush, and each upload adds the stream's end.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import logging
+import tempfile
+import uuid
+import zlib
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, ClassVar
+
+from igata_core.components import RECORD_ID_KEY, Rejection, RunContext, Sink
+from igata_core.options import Option, OptionsError
+from igata_core.serialize import NotSerializable, dumps
+from igata_s3.client import ClientSettings, s3_client
+from igata_s3.uris import bucket_problem, format_uri
+
+log = logging.getLogger("igata.s3.sink")
+
+MIB = 1 << 20
+#: Parts larger than this are sent as multipart uploads (S3's minimum part is 5 MiB).
+MULTIPART_THRESHOLD = 8 * MIB
+
+
+def _sink_options(extension: str) -> tuple[Option, ...]:
+    return (
+        Option("bucket", required=True, env=("OUTPUT_CTXMGR_OUTPUT_S3_BUCKET",),
+               help="Bucket the part objects are written to."),
+        Option("prefix", default="",
+               help="Prepended to every object key (e.g. 'results/'; add the '/')."),
+        Option("key_template", default=f"{{run_id}}/part-{{part:05d}}{extension}",
+               help="Object key after the prefix; fields {run_id}, {date} (UTC date the part "
+               "was started, YYYY-MM-DD) and {part} (0, 1, …; required). '.gz' is added "
+               "when gzip is on."),
+        Option("gzip", "bool", default=False, help="Write gzip-compressed parts."),
+        Option("part_max_records", "int", default=100_000, minimum=1,
+               help="Start a new part after this many records."),
+        Option("part_max_bytes", "int", default=16 * MIB, minimum=1,
+               help="Start a new part once the object is this many bytes (compressed size "
+               "with gzip)."),
+        Option("part_max_uploads", "int", default=200, minimum=1,
+               help="Start a new part after it was uploaded this many times (each flush "
+               "uploads the part so far): bounds the bytes re-sent, about half this "
+               "factor times the data."),
+        Option("connect_timeout", "float", default=5.0, minimum=0.1,
+               help="Seconds to wait for a connection to S3.",
+               env=("IGATA_S3_CONNECT_TIMEOUT",)),
+        Option("read_timeout", "float", default=60.0, minimum=0.1,
+               help="Seconds to wait for S3 to answer an upload request."),
+        Option("max_attempts", "int", default=5, minimum=1,
+               help="Attempts per S3 request (botocore 'standard' retry mode).",
+               env=("IGATA_S3_MAX_ATTEMPTS",)),
+    )  # fmt: skip
+
+
+def _new_run_id() -> str:
+    now = dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+class _KeepOpen:
+    """The spool as boto3 may read it: s3transfer closes the file object it uploads."""
+
+    def __init__(self, inner: IO[bytes]):
+        self._inner = inner
+
+    def read(self, size: int = -1) -> bytes:
+        return self._inner.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._inner.tell()
+
+    def close(self) -> None:
+        """The spool stays open for the next flush."""
+
+
+class _Part:
+    """One part object being built: its key, its spool and what is in it."""
+
+    def __init__(self, number: int, key: str, compress: bool):
+        self.number = number
+        self.key = key
+        self.spool: IO[bytes] = tempfile.TemporaryFile(prefix="igata-s3-part-")  # noqa: SIM115
+        self.size = 0
+        self.records = 0
+        self.uploads = 0
+        self.dirty = False
+        # One gzip stream per part, sync-flushed at each flush; a copy of the compressor
+        # gives the stream's end for each upload without ending the stream itself.
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if compress else None
+
+    def append(self, data: bytes, records: int) -> None:
+        if self.compressor is not None:
+            data = self.compressor.compress(data) + self.compressor.flush(zlib.Z_SYNC_FLUSH)
+        self.spool.seek(0, io.SEEK_END)
+        self.spool.write(data)
+        self.size += len(data)
+        self.records += records
+        self.dirty = True
+
+    def tail(self) -> bytes:
+        return self.compressor.copy().flush() if self.compressor is not None else b""
+
+    def close(self) -> None:
+        self.spool.close()
+
+
+class _S3PartSink(Sink):
+    """Shared machinery of the S3 sinks; subclasses say how records become bytes."""
+
+    extension: ClassVar[str] = ""
+    content_type: ClassVar[str] = ""
+
+    def __init__(self, options: Mapping[str, Any] | None = None,
+                 context: RunContext | None = None):  # fmt: skip
+        super().__init__(options, context)
+        problems: list[str] = []
+        bucket = self.opts["bucket"] or ""
+        why = bucket_problem(bucket)
+        if why:
+            problems.append(f"option 'bucket': {why}")
+        self.run_id = self.context.run_id or _new_run_id()
+        self._template = self.opts["key_template"]
+        try:
+            sample = self._template.format(run_id=self.run_id, date="2000-01-01", part=0)
+            if self._template.format(run_id=self.run_id, date="2000-01-01", part=1) == sample:
+                problems.append(
+                    f"option 'key_template' {self._template!r} has no "
+                    "{part} field: every part would overwrite the previous one"
+                )
+        except (KeyError, IndexError, ValueError) as exc:
+            problems.append(
+                f"option 'key_template' {self._template!r} is not a "
+                f"valid template ({type(exc).__name__}: {exc}); fields: run_id, date, part"
+            )
+        if problems:
+            raise OptionsError(problems)
+        self.bucket = bucket
+        self._gzip = bool(self.opts["gzip"])
+        self._settings = ClientSettings(
+            connect_timeout=self.opts["connect_timeout"],
+            read_timeout=self.opts["read_timeout"],
+            max_attempts=self.opts["max_attempts"],
+        )
+        self._seen: set[str] = set()
+        self._pending: list[str] = []
+        self._pending_records = 0
+        self._part: _Part | None = None
+        self._next_part = 0
+        self._closed = False
+        #: Keys of the part objects written so far, in order.
+        self.keys: list[str] = []
+
+    @property
+    def client(self) -> Any:
+        return s3_client(10, self._settings)
+
+    def open(self) -> None:
+        """Fail at once on a missing output bucket, not at the first flush."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise RuntimeError(
+                    f"{self.name}: output bucket {self.bucket!r} does not exist; create it "
+                    "or fix the sink option 'bucket' (OUTPUT_CTXMGR_OUTPUT_S3_BUCKET)"
+                ) from None
+            # 403: a write-only role may not list the bucket; the first upload will tell.
+            log.debug("%s: cannot check bucket %s (%s)", self.name, self.bucket, code)
+
+    def part_key(self, number: int) -> str:
+        date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        key = self.opts["prefix"] + self._template.format(
+            run_id=self.run_id, date=date, part=number
+        )
+        if self._gzip and not key.endswith(".gz"):
+            key += ".gz"
+        return key
+
+    # -- what subclasses provide ---------------------------------------------------------
+
+    def encode(self, record: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def header(self) -> str:
+        """Text that starts every part (the CSV header)."""
+        return ""
+
+    # -- Sink -----------------------------------------------------------------------------
+
+    def put_records(self, records: Sequence[dict[str, Any]]) -> list[Rejection]:
+        if self._closed:
+            raise RuntimeError(f"sink {self.name!r}: put_records after close")
+        rejections: list[Rejection] = []
+        for index, record in enumerate(records):
+            identity = record.get(RECORD_ID_KEY)
+            if identity is not None and identity in self._seen:
+                continue  # a redelivered record: written once per sink instance
+            try:
+                line = self.encode(record)
+            except (NotSerializable, TypeError, ValueError) as exc:
+                rejections.append(
+                    Rejection(index, f"cannot serialise record: {exc}", "NotSerializable")
+                )
+                continue
+            self._pending.append(line)
+            self._pending_records += 1
+            if identity is not None:
+                self._seen.add(identity)
+        return rejections
+
+    def flush(self) -> None:
+        """Upload the current part so far; return only when S3 has it."""
+        if self._pending:
+            current = self._current_part()
+            text = "".join(self._pending)
+            if current.records == 0:
+                text = self.header() + text
+            current.append(text.encode("utf-8"), self._pending_records)
+            self._pending = []
+            self._pending_records = 0
+        part = self._part
+        if part is None or not part.dirty:
+            return
+        # If the upload fails, the spool keeps everything and the next flush retries it.
+        self._upload(part)
+        if (
+            part.records >= self.opts["part_max_records"]
+            or part.size >= self.opts["part_max_bytes"]
+            or part.uploads >= self.opts["part_max_uploads"]
+        ):
+            part.close()
+            self._part = None
+
+    def _current_part(self) -> _Part:
+        if self._part is None:
+            self._part = _Part(self._next_part, self.part_key(self._next_part), self._gzip)
+            self._next_part += 1
+        return self._part
+
+    def _upload(self, part: _Part) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        tail = part.tail()
+        spool = part.spool
+        spool.seek(0, io.SEEK_END)
+        spool.write(tail)
+        spool.seek(0)
+        try:
+            self.client.upload_fileobj(
+                _KeepOpen(spool),
+                self.bucket,
+                part.key,
+                ExtraArgs={
+                    "ContentType": "application/gzip" if self._gzip else self.content_type,
+                    "Metadata": {
+                        "igata-run-id": self.run_id,
+                        "igata-part": str(part.number),
+                        "igata-records": str(part.records),
+                    },
+                },
+                Config=TransferConfig(
+                    multipart_threshold=MULTIPART_THRESHOLD,
+                    multipart_chunksize=MULTIPART_THRESHOLD,
+                    max_concurrency=4,
+                ),
+            )
+        finally:
+            # Take the stream's end off again: the next flush continues the stream.
+            spool.truncate(part.size)
+        part.dirty = False
+        part.uploads += 1
+        if not self.keys or self.keys[-1] != part.key:
+            self.keys.append(part.key)
+        log.debug("s3: uploaded %s (%d records, %d bytes, upload %d)",
+                  format_uri(self.bucket, part.key), part.records, part.size + len(tail),
+                  part.uploads)  # fmt: skip
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return dumps(value, ensure_ascii=False)
+
+
+class S3CsvSink(_S3PartSink):
+    """CSV part objects with a header row (``fieldnames``, or the first record's keys).
+
+    Nested values (lists, dicts, arrays) are written as JSON text, datetimes as ISO 8601;
+    keys not in the header are left out (logged once per key).
+    """
+
+    name = "s3-csv"
+    aliases = ("S3BucketCsvFileOutputCtxManager",)
+    description = "CSV part objects in an S3 bucket (durable in S3 at every flush)"
+    extension = ".csv"
+    content_type = "text/csv; charset=utf-8"
+    options: ClassVar[tuple[Option, ...]] = (
+        *_sink_options(".csv"),
+        Option("fieldnames", "list", default=[], env=("OUTPUT_CTXMGR_FIELDNAMES",),
+               help="Comma-separated header (default: the first record's keys)."),
+    )  # fmt: skip
+
+    def __init__(self, options: Mapping[str, Any] | None = None,
+                 context: RunContext | None = None):  # fmt: skip
+        super().__init__(options, context)
+        self._fieldnames: list[str] = list(self.opts["fieldnames"])
+        self._left_out: set[str] = set()
+
+    def header(self) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow(self._fieldnames)
+        return buffer.getvalue()
+
+    def encode(self, record: dict[str, Any]) -> str:
+        if not self._fieldnames:
+            self._fieldnames = list(record)
+        extra = set(record).difference(self._fieldnames, self._left_out)
+        if extra:
+            self._left_out.update(extra)
+            log.warning("s3-csv: field(s) %s not in the header (%s); left out of the CSV",
+                        ", ".join(sorted(extra)), ",".join(self._fieldnames))  # fmt: skip
+        buffer = io.StringIO()
+        csv.writer(buffer).writerow([_csv_cell(record.get(name)) for name in self._fieldnames])
+        return buffer.getvalue()
+
+
+class S3JsonlSink(_S3PartSink):
+    """JSON Lines part objects: one result record per line."""
+
+    name = "s3-jsonl"
+    description = "JSON Lines part objects in an S3 bucket (durable in S3 at every flush)"
+    extension = ".jsonl"
+    content_type = "application/x-ndjson"
+    options: ClassVar[tuple[Option, ...]] = _sink_options(".jsonl")
+
+    def encode(self, record: dict[str, Any]) -> str:
+        return dumps(record, ensure_ascii=False) + "\n"

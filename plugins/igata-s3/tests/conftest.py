@@ -1,0 +1,113 @@
+"""Fixtures of the igata-s3 tests: every test talks to moto in server mode over HTTP."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["igata_core.testing"]
+
+
+@pytest.fixture
+def s3(aws: Any) -> Any:
+    """A plain boto3 S3 client of the test's own, to set up and inspect buckets."""
+    return aws.client("s3")
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    s3.create_bucket(Bucket="igata-in")
+    return "igata-in"
+
+
+@pytest.fixture
+def out_bucket(s3: Any) -> str:
+    s3.create_bucket(Bucket="igata-out")
+    return "igata-out"
+
+
+def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (8, 6),
+                color: Any = None) -> bytes:  # fmt: skip
+    from PIL import Image
+
+    if color is None:
+        color = {"L": 128, "I;16": 40000, "RGBA": (10, 20, 30, 128)}.get(mode, (200, 100, 50))
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def make_image() -> Callable[..., bytes]:
+    return image_bytes
+
+
+class _RawBody:
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **_: Any) -> Any:
+        yield self._body
+
+
+def error_response(status: int, code: str, message: str = "injected") -> Any:
+    """An S3 error response as botocore would receive it over HTTP."""
+    from botocore.awsrequest import AWSResponse
+
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    ).encode()
+    return AWSResponse("http://injected", status, {"Content-Type": "application/xml"},
+                       _RawBody(body))  # fmt: skip
+
+
+class Injector:
+    """Answers chosen S3 operations of one client with an error instead of sending them.
+
+    ``calls`` counts every request of the operation that reached the wire or was answered
+    here (retries included); ``times`` limits how many are answered with the error.
+    """
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self._registered: list[tuple[Any, str, Any]] = []
+
+    def fail(self, client: Any, operation: str, status: int, code: str,
+             times: int | None = None) -> None:  # fmt: skip
+        state = {"left": times}
+
+        def handler(**_: Any) -> Any:
+            self.calls[operation] = self.calls.get(operation, 0) + 1
+            if state["left"] is not None:
+                if state["left"] <= 0:
+                    return None
+                state["left"] -= 1
+            return error_response(status, code)
+
+        event = f"before-send.s3.{operation}"
+        client.meta.events.register(event, handler)
+        self._registered.append((client, event, handler))
+
+    def count(self, client: Any, operation: str) -> None:
+        def handler(**_: Any) -> None:
+            self.calls[operation] = self.calls.get(operation, 0) + 1
+
+        event = f"before-send.s3.{operation}"
+        client.meta.events.register(event, handler)
+        self._registered.append((client, event, handler))
+
+    def remove(self) -> None:
+        for client, event, handler in self._registered:
+            client.meta.events.unregister(event, handler)
+        self._registered.clear()
+
+
+@pytest.fixture
+def inject() -> Any:
+    injector = Injector()
+    yield injector
+    injector.remove()

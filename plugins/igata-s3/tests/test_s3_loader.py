@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from igata_s3.client import clear_clients, s3_client
+from igata_s3.loader import S3Loader
+from igata_s3.uris import InvalidS3Uri
+
+from igata_core.components import RecordError, RunContext
+
+
+def test_loads_bytes_and_object_meta(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="photos/cat.jpg", Body=b"\xff\xd8jpeg-bytes")
+    loaded = S3Loader().load(f"s3://{bucket}/photos/cat.jpg")
+    assert loaded.data == b"\xff\xd8jpeg-bytes"
+    head = s3.head_object(Bucket=bucket, Key="photos/cat.jpg")
+    assert loaded.meta == {
+        "bucket": bucket,
+        "key": "photos/cat.jpg",
+        "s3_uri": f"s3://{bucket}/photos/cat.jpg",
+        "size": 12,
+        "etag": head["ETag"].strip('"'),
+        "last_modified": head["LastModified"],
+    }
+    assert isinstance(loaded.meta["last_modified"], dt.datetime)
+
+
+def test_keys_are_url_decoded_like_the_original(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="my photo.jpg", Body=b"spaced")
+    s3.put_object(Bucket=bucket, Key="100%.jpg", Body=b"percent")
+    loader = S3Loader()
+    assert loader.load(f"s3://{bucket}/my%20photo.jpg").data == b"spaced"
+    assert loader.load(f"s3://{bucket}/my photo.jpg").data == b"spaced"
+    assert loader.load(f"s3://{bucket}/100%25.jpg").data == b"percent"
+
+
+def test_a_named_version_is_loaded(s3: Any, bucket: str) -> None:
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket=bucket, Key="k.csv", Body=b"a\n1\n")["VersionId"]
+    s3.put_object(Bucket=bucket, Key="k.csv", Body=b"a\n2\n")
+    loaded = S3Loader().load(f"s3://{bucket}/k.csv?versionId={first}")
+    assert loaded.data == b"a\n1\n"
+    assert loaded.meta["version_id"] == first
+    assert loaded.meta["s3_uri"] == f"s3://{bucket}/k.csv"
+    assert S3Loader().load(f"s3://{bucket}/k.csv").data == b"a\n2\n"
+
+
+def test_missing_key_is_a_precise_record_error(s3: Any, bucket: str) -> None:
+    with pytest.raises(RecordError) as raised:
+        S3Loader().load(f"s3://{bucket}/photos/missing.jpg")
+    message = str(raised.value)
+    assert f"s3://{bucket}/photos/missing.jpg: no such key 'photos/missing.jpg'" in message
+    assert f"in bucket '{bucket}'" in message
+    assert raised.value.code == "NoSuchKey"  # type: ignore[attr-defined]
+
+
+def test_missing_bucket_is_a_precise_record_error(aws: Any) -> None:
+    with pytest.raises(RecordError) as raised:
+        S3Loader().load("s3://no-such-bucket-here/k.jpg")
+    assert "bucket 'no-such-bucket-here' does not exist" in str(raised.value)
+
+
+def test_missing_version_is_a_precise_record_error(s3: Any, bucket: str) -> None:
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")
+    with pytest.raises(RecordError) as raised:
+        S3Loader().load(f"s3://{bucket}/k.jpg?versionId=nope")
+    assert "version" in str(raised.value).lower()
+
+
+def test_invalid_uri_is_a_record_error_before_any_request(aws: Any, inject: Any) -> None:
+    loader = S3Loader()
+    inject.count(loader.client, "GetObject")
+    with pytest.raises(InvalidS3Uri) as raised:
+        loader.load("s3://Not_A_Bucket/k.jpg")
+    assert isinstance(raised.value, RecordError)
+    assert "bucket name 'Not_A_Bucket' is invalid" in str(raised.value)
+    assert inject.calls == {}
+
+
+def test_access_denied_names_the_missing_permission(s3: Any, bucket: str, inject: Any) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", 403, "AccessDenied")
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/secret.jpg")
+    message = str(raised.value)
+    assert "access denied (AccessDenied)" in message
+    assert f"s3:GetObject on arn:aws:s3:::{bucket}/secret.jpg" in message
+    assert inject.calls["GetObject"] == 1, "a denial is not retried"
+
+
+def test_throttling_is_retried_by_botocore(s3: Any, bucket: str, inject: Any) -> None:
+    s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"after the storm")
+    loader = S3Loader({"max_attempts": 3})
+    inject.fail(loader.client, "GetObject", 503, "SlowDown", times=1)
+    assert loader.load(f"s3://{bucket}/k.jpg").data == b"after the storm"
+    assert inject.calls["GetObject"] == 2
+
+
+def test_throttling_that_persists_is_a_record_error(s3: Any, bucket: str, inject: Any) -> None:
+    loader = S3Loader({"max_attempts": 2})
+    inject.fail(loader.client, "GetObject", 503, "SlowDown")
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/k.jpg")
+    assert "S3 throttled the request (SlowDown) after 2 attempts" in str(raised.value)
+    assert inject.calls["GetObject"] == 2
+
+
+def test_object_over_the_limit_is_refused_before_its_body_is_read(
+    s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.response import StreamingBody
+
+    s3.put_object(Bucket=bucket, Key="big.jpg", Body=b"x" * 5000)
+    reads: list[Any] = []
+    original = StreamingBody.read
+
+    def counting_read(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StreamingBody, "read", counting_read)
+    loader = S3Loader({"max_object_bytes": 4999})
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/big.jpg")
+    assert "object is 5000 bytes, over max_object_bytes (4999); not downloaded" in str(raised.value)
+    assert reads == []
+    assert S3Loader({"max_object_bytes": 5000}).load(f"s3://{bucket}/big.jpg").data == b"x" * 5000
+
+
+def test_allowed_buckets_refuses_others_without_fetching(s3: Any, bucket: str, inject: Any) -> None:
+    s3.create_bucket(Bucket="other-bucket")
+    s3.put_object(Bucket="other-bucket", Key="k.jpg", Body=b"secret")
+    s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"fine")
+    loader = S3Loader({"allowed_buckets": [bucket]})
+    inject.count(loader.client, "GetObject")
+    with pytest.raises(RecordError) as raised:
+        loader.load("s3://other-bucket/k.jpg")
+    assert "bucket 'other-bucket' is not in allowed_buckets (igata-in)" in str(raised.value)
+    assert "IGATA_S3_ALLOWED_BUCKETS" in str(raised.value)
+    assert inject.calls == {}
+    assert loader.load(f"s3://{bucket}/k.jpg").data == b"fine"
+    assert inject.calls == {"GetObject": 1}
+
+
+def test_one_shared_client_sized_to_the_concurrency(aws: Any) -> None:
+    clear_clients()
+    small = S3Loader(context=RunContext(concurrency=4))
+    large = S3Loader(context=RunContext(concurrency=32))
+    client = small.client
+    assert small.client is client, "one client per process and settings"
+    config = large.client.meta.config
+    assert config.max_pool_connections >= 32
+    assert small.client is large.client, "the larger pool replaces the smaller for everyone"
+    assert config.retries["mode"] == "standard"
+    assert config.connect_timeout == 5.0 and config.read_timeout == 30.0
+    assert S3Loader({"read_timeout": 7.0}).client is not large.client
+
+
+def test_client_is_safe_to_share_between_threads(s3: Any, bucket: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(40):
+        s3.put_object(Bucket=bucket, Key=f"k{i}.bin", Body=str(i).encode())
+    loader = S3Loader(context=RunContext(concurrency=8))
+    with ThreadPoolExecutor(8) as pool:
+        data = list(pool.map(lambda i: loader.load(f"s3://{bucket}/k{i}.bin").data, range(40)))
+    assert data == [str(i).encode() for i in range(40)]
+
+
+def test_original_s3_endpoint_variable_is_honoured(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aws.client("s3").create_bucket(Bucket="endpoint-test")
+    aws.client("s3").put_object(Bucket="endpoint-test", Key="k.txt", Body=b"via S3_ENDPOINT")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("S3_ENDPOINT", aws.url)
+    client = s3_client()
+    assert client.meta.endpoint_url == aws.url
+    assert S3Loader().load("s3://endpoint-test/k.txt").data == b"via S3_ENDPOINT"
+
+
+def test_unreachable_endpoint_is_reported_as_unavailable(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from igata_core.components import ServiceUnavailable
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: refused
+    loader = S3Loader({"max_attempts": 1, "connect_timeout": 0.5})
+    with pytest.raises(ServiceUnavailable) as raised:
+        loader.load("s3://igata-in/k.jpg")
+    assert "cannot reach the S3 endpoint" in str(raised.value)

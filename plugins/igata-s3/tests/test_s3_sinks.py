@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import io
+import json
+from typing import Any
+
+import pytest
+from igata_s3 import sinks as sinks_module
+from igata_s3.sinks import S3CsvSink, S3JsonlSink
+
+from igata_core.components import RECORD_ID_KEY, RECORD_INPUT_KEY, RunContext
+from igata_core.options import OptionsError
+from igata_core.plugins import build_registry
+
+
+def _records(n: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"label": f"cat {i}", "score": i / 8, RECORD_ID_KEY: f"s3://in/{i}.jpg",
+         RECORD_INPUT_KEY: f"s3://in/{i}.jpg"}
+        for i in range(start, start + n)
+    ]  # fmt: skip
+
+
+def _sink(cls: type, bucket: str, **options: Any) -> Any:
+    sink = cls({"bucket": bucket, **options}, RunContext(run_id="run-1"))
+    sink.open()
+    return sink
+
+
+def _objects(s3: Any, bucket: str) -> dict[str, bytes]:
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            found[obj["Key"]] = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return found
+
+
+def _csv_rows(data: bytes) -> list[dict[str, str]]:
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+
+
+def _as_text(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{k: str(v) for k, v in r.items()} for r in records]
+
+
+def test_registered_with_the_original_alias() -> None:
+    registry = build_registry()
+    assert registry.get("sink", "s3-csv").obj is S3CsvSink
+    assert registry.get("sink", "S3BucketCsvFileOutputCtxManager").obj is S3CsvSink
+    assert registry.get("sink", "s3-jsonl").obj is S3JsonlSink
+
+
+def test_csv_object_reads_back_equal_to_the_records(s3: Any, out_bucket: str) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    records = _records(20)
+    assert sink.put_records(records[:15]) == []
+    assert sink.put_records(records[15:]) == []
+    sink.flush()
+    sink.close()
+    objects = _objects(s3, out_bucket)
+    assert list(objects) == ["run-1/part-00000.csv"]
+    text = objects["run-1/part-00000.csv"].decode()
+    assert text.splitlines()[0] == "label,score,igata_id,igata_input"
+    assert _csv_rows(objects["run-1/part-00000.csv"]) == _as_text(records)
+    head = s3.head_object(Bucket=out_bucket, Key="run-1/part-00000.csv")
+    assert head["ContentType"].startswith("text/csv")
+    assert head["Metadata"] == {"igata-run-id": "run-1", "igata-part": "0", "igata-records": "20"}
+
+
+def test_flush_makes_records_durable_in_s3_and_rewrites_one_object(
+    s3: Any, out_bucket: str
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    records = _records(12)
+    for flush in range(4):
+        sink.put_records(records[3 * flush : 3 * flush + 3])
+        sink.flush()
+        objects = _objects(s3, out_bucket)
+        assert list(objects) == ["run-1/part-00000.csv"], "a flush does not add an object"
+        assert _csv_rows(objects["run-1/part-00000.csv"]) == _as_text(records[: 3 * flush + 3])
+    sink.close()
+
+
+def test_flush_with_nothing_new_uploads_nothing(s3: Any, out_bucket: str, inject: Any) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    inject.count(sink.client, "PutObject")
+    sink.flush()
+    sink.put_records(_records(2))
+    sink.flush()
+    sink.flush()
+    sink.close()
+    assert inject.calls == {"PutObject": 1}
+
+
+def test_parts_rotate_by_records_and_each_is_a_complete_csv(s3: Any, out_bucket: str) -> None:
+    sink = _sink(S3CsvSink, out_bucket, part_max_records=4, prefix="results/")
+    records = _records(10)
+    for start in range(0, 10, 2):
+        sink.put_records(records[start : start + 2])
+        sink.flush()
+    sink.close()
+    objects = _objects(s3, out_bucket)
+    assert list(objects) == [
+        "results/run-1/part-00000.csv",
+        "results/run-1/part-00001.csv",
+        "results/run-1/part-00002.csv",
+    ]
+    assert sink.keys == list(objects)
+    parts = [_csv_rows(data) for data in objects.values()]
+    assert [len(p) for p in parts] == [4, 4, 2]
+    assert [row for part in parts for row in part] == _as_text(records)
+
+
+def test_parts_rotate_by_bytes_and_by_uploads(s3: Any, out_bucket: str) -> None:
+    by_bytes = _sink(S3JsonlSink, out_bucket, part_max_bytes=200, key_template="b/{part}.jsonl")
+    by_uploads = _sink(S3JsonlSink, out_bucket, part_max_uploads=3, key_template="u/{part}.jsonl")
+    for sink in (by_bytes, by_uploads):
+        for i in range(6):
+            sink.put_records(_records(1, start=i))
+            sink.flush()
+        sink.close()
+    objects = _objects(s3, out_bucket)
+    bytes_parts = sorted(k for k in objects if k.startswith("b/"))
+    assert len(bytes_parts) > 1
+    assert all(len(objects[k]) < 200 + 200 for k in bytes_parts)
+    assert sorted(k for k in objects if k.startswith("u/")) == ["u/0.jsonl", "u/1.jsonl"]
+    for prefix in ("b/", "u/"):
+        lines = [json.loads(line) for k in sorted(objects) if k.startswith(prefix)
+                 for line in objects[k].decode().splitlines()]  # fmt: skip
+        assert [r[RECORD_ID_KEY] for r in lines] == [f"s3://in/{i}.jpg" for i in range(6)]
+
+
+def test_gzip_parts_are_complete_gzip_after_every_flush(s3: Any, out_bucket: str) -> None:
+    sink = _sink(S3CsvSink, out_bucket, gzip=True)
+    records = _records(9)
+    for start in range(0, 9, 3):
+        sink.put_records(records[start : start + 3])
+        sink.flush()
+        data = _objects(s3, out_bucket)["run-1/part-00000.csv.gz"]
+        # One gzip stream per part (compressed as a whole), complete at every upload.
+        assert gzip.decompress(data).count(b"\n") == start + 3 + 1
+        assert _csv_rows(data) == _as_text(records[: start + 3])
+    sink.close()
+    head = s3.head_object(Bucket=out_bucket, Key="run-1/part-00000.csv.gz")
+    assert head["ContentType"] == "application/gzip"
+
+
+def test_fieldnames_option_sets_the_header_and_leaves_other_keys_out(
+    s3: Any, out_bucket: str
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket, fieldnames=["igata_id", "label", "missing"])
+    sink.put_records(_records(2))
+    sink.close()
+    rows = _csv_rows(_objects(s3, out_bucket)["run-1/part-00000.csv"])
+    assert rows == [
+        {"igata_id": "s3://in/0.jpg", "label": "cat 0", "missing": ""},
+        {"igata_id": "s3://in/1.jpg", "label": "cat 1", "missing": ""},
+    ]
+
+
+def test_values_are_serialised_for_csv_and_jsonl(s3: Any, out_bucket: str) -> None:
+    import numpy as np
+
+    when = dt.datetime(2024, 5, 1, 12, 30, tzinfo=dt.UTC)
+    record = {RECORD_ID_KEY: "id-1", "last_modified": when, "boxes": [[1, 2], [3, 4]],
+              "score": np.float32(0.5), "meta": {"a": "日本"}}  # fmt: skip
+    csv_sink = _sink(S3CsvSink, out_bucket, key_template="c/{part}.csv")
+    jsonl_sink = _sink(S3JsonlSink, out_bucket, key_template="j/{part}.jsonl")
+    for sink in (csv_sink, jsonl_sink):
+        assert sink.put_records([record]) == []
+        sink.close()
+    objects = _objects(s3, out_bucket)
+    (row,) = _csv_rows(objects["c/0.csv"])
+    assert row == {
+        "igata_id": "id-1", "last_modified": "2024-05-01T12:30:00+00:00",
+        "boxes": "[[1, 2], [3, 4]]", "score": "0.5", "meta": '{"a": "日本"}',
+    }  # fmt: skip
+    assert json.loads(objects["j/0.jsonl"]) == {
+        "igata_id": "id-1", "last_modified": "2024-05-01T12:30:00+00:00",
+        "boxes": [[1, 2], [3, 4]], "score": 0.5, "meta": {"a": "日本"},
+    }  # fmt: skip
+
+
+def test_unserialisable_record_is_rejected_alone(s3: Any, out_bucket: str) -> None:
+    sink = _sink(S3JsonlSink, out_bucket)
+    records = _records(3)
+    records[1]["bad"] = float("nan")
+    rejections = sink.put_records(records)
+    assert [r.index for r in rejections] == [1]
+    assert "NaN" in rejections[0].message
+    sink.close()
+    lines = _objects(s3, out_bucket)["run-1/part-00000.jsonl"].decode().splitlines()
+    assert [json.loads(line)[RECORD_ID_KEY] for line in lines] == ["s3://in/0.jpg", "s3://in/2.jpg"]
+
+
+def test_a_record_already_written_by_this_sink_is_not_written_twice(
+    s3: Any, out_bucket: str
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    records = _records(4)
+    sink.put_records(records[:3])
+    sink.flush()
+    sink.put_records(records[1:])
+    sink.close()
+    rows = _csv_rows(_objects(s3, out_bucket)["run-1/part-00000.csv"])
+    assert [r[RECORD_ID_KEY] for r in rows] == [r[RECORD_ID_KEY] for r in records]
+
+
+def test_large_parts_use_multipart_upload(
+    s3: Any, out_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sinks_module, "MULTIPART_THRESHOLD", 5 * sinks_module.MIB)
+    sink = _sink(S3JsonlSink, out_bucket)
+    big = {RECORD_ID_KEY: "big", "blob": "x" * (7 * sinks_module.MIB)}
+    sink.put_records([big])
+    sink.close()
+    head = s3.head_object(Bucket=out_bucket, Key="run-1/part-00000.jsonl")
+    assert head["ETag"].strip('"').endswith("-2"), "two parts of a multipart upload"
+    data = _objects(s3, out_bucket)["run-1/part-00000.jsonl"]
+    assert json.loads(data) == big
+
+
+def test_abandoned_sink_leaves_only_complete_objects(s3: Any, out_bucket: str) -> None:
+    sink = _sink(S3CsvSink, out_bucket, gzip=True)
+    records = _records(6)
+    sink.put_records(records[:4])
+    sink.flush()
+    sink.put_records(records[4:])  # never flushed: the worker dies here
+    del sink
+    objects = _objects(s3, out_bucket)
+    assert _csv_rows(objects["run-1/part-00000.csv.gz"]) == _as_text(records[:4])
+
+
+def test_failed_upload_keeps_the_records_for_the_next_flush(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket, max_attempts=1)
+    records = _records(4)
+    sink.put_records(records[:2])
+    inject.fail(sink.client, "PutObject", 500, "InternalError", times=1)
+    with pytest.raises(Exception, match="InternalError"):
+        sink.flush()
+    assert _objects(s3, out_bucket) == {}
+    sink.flush()
+    sink.put_records(records[2:])
+    sink.close()
+    assert _csv_rows(_objects(s3, out_bucket)["run-1/part-00000.csv"]) == _as_text(records)
+
+
+def test_keys_follow_the_template(out_bucket: str) -> None:
+    sink = S3CsvSink({"bucket": out_bucket, "prefix": "out/", "gzip": True,
+                      "key_template": "{date}/{run_id}-{part:03d}.csv"},
+                     RunContext(run_id="r9"))  # fmt: skip
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    assert sink.part_key(2) == f"out/{today}/r9-002.csv.gz"
+    assert S3CsvSink({"bucket": out_bucket}).run_id, "a run id is made when the run has none"
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"bucket": "Bad_Bucket"}, "option 'bucket': bucket name 'Bad_Bucket' is invalid"),
+        ({"bucket": "ok-bucket", "key_template": "{run_id}.csv"}, "has no {part} field"),
+        ({"bucket": "ok-bucket", "key_template": "{job}/{part}.csv"}, "fields: run_id, date"),
+    ],
+)
+def test_bad_options_are_usage_errors_before_any_io(options: dict[str, Any], problem: str) -> None:
+    with pytest.raises(OptionsError) as raised:
+        S3CsvSink(options)
+    assert problem in str(raised.value)
+
+
+def test_a_missing_output_bucket_fails_at_open(aws: Any) -> None:
+    sink = S3JsonlSink({"bucket": "no-such-output"}, RunContext(run_id="r"))
+    with pytest.raises(RuntimeError) as raised:
+        sink.open()
+    assert "output bucket 'no-such-output' does not exist" in str(raised.value)
+
+
+def test_a_bucket_the_worker_may_not_list_is_checked_at_the_first_upload(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = S3CsvSink({"bucket": out_bucket}, RunContext(run_id="run-1"))
+    inject.fail(sink.client, "HeadBucket", 403, "403")
+    sink.open()
+    sink.put_records(_records(1))
+    sink.close()
+    assert list(_objects(s3, out_bucket)) == ["run-1/part-00000.csv"]

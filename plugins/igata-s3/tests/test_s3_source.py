@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from igata_s3.source import S3Source, split_inputs
+
+from igata_core.components import Envelope, ServiceUnavailable
+from igata_core.options import OptionsError
+from igata_core.plugins import build_registry
+
+
+def _opened(options: dict[str, Any]) -> S3Source:
+    source = S3Source(options)
+    source.open()
+    return source
+
+
+def _refs(envelopes: list[Envelope]) -> list[str]:
+    return [e.ref for e in envelopes]
+
+
+def _put_many(s3: Any, bucket: str, keys: list[str]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda key: s3.put_object(Bucket=bucket, Key=key, Body=b"x"), keys))
+
+
+def test_registered_under_its_name_and_the_original_alias() -> None:
+    registry = build_registry()
+    assert registry.get("source", "s3").obj is S3Source
+    assert registry.get("source", "S3BucketImageInputCtxManager").obj is S3Source
+
+
+def test_a_single_object_uri(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="cat.jpg", Body=b"x")
+    envelopes = list(_opened({"inputs": [f"s3://{bucket}/cat.jpg"]}).envelopes())
+    assert len(envelopes) == 1
+    item = envelopes[0].items[0]
+    assert envelopes[0].ref == item.identity == item.uri == f"s3://{bucket}/cat.jpg"
+    assert item.meta == {"bucket": bucket, "key": "cat.jpg", "s3_uri": f"s3://{bucket}/cat.jpg"}
+    assert S3Source.finite
+
+
+def test_comma_separated_uris_in_one_argument() -> None:
+    assert split_inputs(["s3://b1/a.jpg,s3://b1/b.jpg", "s3://b2/c, d.jpg"]) == [
+        "s3://b1/a.jpg",
+        "s3://b1/b.jpg",
+        "s3://b2/c, d.jpg",
+    ]
+    assert split_inputs(["s3://b1/a.jpg, s3://b1/p/"]) == ["s3://b1/a.jpg", "s3://b1/p/"]
+
+
+def test_a_version_is_part_of_the_identity(s3: Any, bucket: str) -> None:
+    envelope = next(_opened({"inputs": [f"s3://{bucket}/k.jpg?versionId=v1"]}).envelopes())
+    assert envelope.items[0].identity == f"s3://{bucket}/k.jpg?versionId=v1"
+    assert envelope.items[0].meta["s3_uri"] == f"s3://{bucket}/k.jpg"
+
+
+def test_a_prefix_over_1000_objects_is_streamed_page_by_page(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    keys = [f"photos/{i:05d}.jpg" for i in range(1003)]
+    _put_many(s3, bucket, keys)
+    s3.put_object(Bucket=bucket, Key="photos/notes.txt", Body=b"skip me")
+    s3.put_object(Bucket=bucket, Key="photos/folder/", Body=b"")
+    s3.put_object(Bucket=bucket, Key="elsewhere/x.jpg", Body=b"x")
+    source = _opened({"inputs": [f"s3://{bucket}/photos/"]})
+    inject.count(source.client, "ListObjectsV2")
+
+    iterator = source.envelopes()
+    first = next(iterator)
+    assert inject.calls["ListObjectsV2"] == 1, "the first envelope comes from the first page"
+    envelopes = [first, *iterator]
+    assert inject.calls["ListObjectsV2"] == 2
+    assert _refs(envelopes) == [f"s3://{bucket}/{key}" for key in keys]
+
+    listed = {o["Key"]: o for p in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+              for o in p.get("Contents", [])}  # fmt: skip
+    meta = envelopes[1002].items[0].meta
+    assert meta == {
+        "bucket": bucket,
+        "key": "photos/01002.jpg",
+        "s3_uri": f"s3://{bucket}/photos/01002.jpg",
+        "size": 1,
+        "etag": listed["photos/01002.jpg"]["ETag"].strip('"'),
+        "last_modified": listed["photos/01002.jpg"]["LastModified"],
+    }
+    assert source.total() == 1003
+
+
+def test_extensions_and_pattern_filter_a_prefix(s3: Any, bucket: str) -> None:
+    for key in ["a.jpg", "b.PNG", "c.csv", "d.csv.gz", "e.txt", "sub/f.jpg", "sub/g.jpeg"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    everything = [
+        e.items[0].meta["key"] for e in _opened({"inputs": [f"s3://{bucket}"]}).envelopes()
+    ]
+    assert everything == ["a.jpg", "b.PNG", "c.csv", "d.csv.gz", "sub/f.jpg", "sub/g.jpeg"]
+    only_csv = _opened({"inputs": [f"s3://{bucket}/"], "extensions": [".csv", "csv.gz"]})
+    assert [e.items[0].meta["key"] for e in only_csv.envelopes()] == ["c.csv", "d.csv.gz"]
+    all_keys = _opened({"inputs": [f"s3://{bucket}/"], "extensions": ["*"]})
+    assert len(list(all_keys.envelopes())) == 7
+    globbed = _opened({"inputs": [f"s3://{bucket}/"], "pattern": "sub/*.jp*g"})
+    assert [e.items[0].meta["key"] for e in globbed.envelopes()] == ["sub/f.jpg", "sub/g.jpeg"]
+
+
+def test_a_named_object_is_never_filtered(s3: Any, bucket: str) -> None:
+    source = _opened({"inputs": [f"s3://{bucket}/notes.txt"], "extensions": [".jpg"]})
+    assert _refs(list(source.envelopes())) == [f"s3://{bucket}/notes.txt"]
+
+
+def test_bad_inputs_become_error_records_and_the_rest_goes_on(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="p/a.jpg", Body=b"x")
+    s3.create_bucket(Bucket="not-allowed")
+    source = _opened({
+        "inputs": ["http://example.com/x.jpg", "s3://no-such-bucket-x/p/", f"s3://{bucket}/p/",
+                   "s3://not-allowed/", f"s3://{bucket}/missing.jpg"],
+        "allowed_buckets": [bucket, "no-such-bucket-x"],
+    })  # fmt: skip
+    envelopes = list(source.envelopes())
+    errors = {e.ref: e.items[0].error for e in envelopes if e.items[0].error}
+    assert "scheme 'http' is not 's3'" in errors["http://example.com/x.jpg"]
+    assert "bucket 'no-such-bucket-x' does not exist" in errors["s3://no-such-bucket-x/p/"]
+    assert "bucket 'not-allowed' is not in allowed_buckets" in errors["s3://not-allowed/"]
+    # An object named one by one is not checked here: the loader reports it precisely.
+    good = [e.ref for e in envelopes if not e.items[0].error]
+    assert good == [f"s3://{bucket}/p/a.jpg", f"s3://{bucket}/missing.jpg"]
+    assert source.total() == 5
+
+
+def test_allowed_buckets_never_lists_another_bucket(s3: Any, bucket: str, inject: Any) -> None:
+    s3.create_bucket(Bucket="private-data")
+    s3.put_object(Bucket="private-data", Key="a.jpg", Body=b"x")
+    source = _opened({"inputs": ["s3://private-data/"], "allowed_buckets": [bucket]})
+    inject.count(source.client, "ListObjectsV2")
+    envelopes = list(source.envelopes())
+    assert len(envelopes) == 1 and envelopes[0].items[0].error
+    assert inject.calls == {}
+
+
+def test_listing_denied_is_that_inputs_error(s3: Any, bucket: str, inject: Any) -> None:
+    source = _opened({"inputs": [f"s3://{bucket}/p/"]})
+    inject.fail(source.client, "ListObjectsV2", 403, "AccessDenied")
+    (envelope,) = list(source.envelopes())
+    assert "access denied (AccessDenied)" in (envelope.items[0].error or "")
+    assert "s3:ListBucket" in (envelope.items[0].error or "")
+
+
+def test_listing_throttled_beyond_retries_stops_as_unavailable(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    source = _opened({"inputs": [f"s3://{bucket}/p/"], "max_attempts": 1})
+    inject.fail(source.client, "ListObjectsV2", 503, "SlowDown")
+    with pytest.raises(ServiceUnavailable) as raised:
+        list(source.envelopes())
+    assert "S3 is throttling or unavailable" in str(raised.value)
+
+
+def test_total_beyond_count_limit_is_unknown(s3: Any, bucket: str) -> None:
+    _put_many(s3, bucket, [f"{i}.jpg" for i in range(5)])
+    assert _opened({"inputs": [f"s3://{bucket}/"], "count_limit": 4}).total() is None
+    assert _opened({"inputs": [f"s3://{bucket}/"], "count_limit": 5}).total() == 5
+    assert _opened({"inputs": [f"s3://{bucket}/"], "count_limit": 0}).total() is None
+
+
+def test_stop_ends_the_listing(s3: Any, bucket: str) -> None:
+    _put_many(s3, bucket, [f"{i}.jpg" for i in range(5)])
+    source = _opened({"inputs": [f"s3://{bucket}/"]})
+    iterator = source.envelopes()
+    next(iterator)
+    source.stop()
+    assert list(iterator) == []
+
+
+def test_no_inputs_is_a_usage_error() -> None:
+    with pytest.raises(OptionsError) as raised:
+        S3Source({"inputs": []})
+    assert "no inputs" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("ledger", "problem"),
+    [("s3://B/ledger", "bucket name 'B' is invalid"), ("s3://bucket/", "names no ledger")],
+)
+def test_invalid_s3_ledger_is_a_usage_error(ledger: str, problem: str) -> None:
+    with pytest.raises(OptionsError) as raised:
+        S3Source({"inputs": ["s3://bucket/"], "ledger": ledger})
+    assert "option 'ledger'" in str(raised.value)
+    assert problem in str(raised.value)
