@@ -27,6 +27,12 @@ def get_registry() -> Registry:
     return _registry
 
 
+class PluginsFailed(click.ClickException):
+    """A broken plugin in strict mode (``IGATA_STRICT_PLUGINS=1``): a usage error."""
+
+    exit_code = 2
+
+
 class IgataGroup(click.Group):
     """Adds the commands that plugins register, looked up lazily."""
 
@@ -34,7 +40,7 @@ class IgataGroup(click.Group):
         try:
             registry = get_registry()
         except PluginError as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise PluginsFailed(str(exc)) from exc
         return {reg.name: reg.obj for reg in registry.registrations("command")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -79,10 +85,13 @@ def _run_option(name: str, help_text: str, type_: Any) -> Any:
     opt = next(o for o in RUN_OPTIONS if o.name == name)
     env = ", ".join(opt.env)
     default = f"; default {opt.default}" if opt.default not in (None, 0, "") else ""
+    # Taken as text and converted by the declaration in RUN_OPTIONS, so that a bad value
+    # is reported together with every other problem instead of alone by click.
     return click.option(
         "--" + name.replace("_", "-"),
         name,
-        type=type_,
+        type=str,
+        metavar={int: "INTEGER", float: "FLOAT"}.get(type_, "TEXT"),
         default=None,
         help=f"{help_text} (env {env}{default})",
     )

@@ -42,10 +42,29 @@ def parse_list(value: Any) -> list[str]:
     return [part.strip() for part in str(value).split(",") if part.strip()]
 
 
+def parse_int(value: Any) -> int:
+    # int() would truncate a config file's 1.5 and accept true as 1.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an integer, got {value!r}") from None
+
+
+def parse_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+
+
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "str": str,
-    "int": int,
-    "float": float,
+    "int": parse_int,
+    "float": parse_float,
     "bool": parse_bool,
     "list": parse_list,
 }

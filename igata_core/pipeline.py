@@ -229,7 +229,17 @@ class Pipeline:
         """Run to the end; the caller has called the predictor's ``setup()``."""
         started = time.monotonic()
         if self.settings.errors_path:
-            self._errors_file = open(self.settings.errors_path, "w", encoding="utf-8")  # noqa: SIM115
+            try:
+                self._errors_file = open(self.settings.errors_path, "w", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                # Before any input is read: a usage error, not a crash.
+                self.summary.exit_code = EXIT_USAGE
+                self.summary.reason = (
+                    f"cannot write the errors file {self.settings.errors_path}: "
+                    f"{exc.strerror or exc}"
+                )
+                log.error("%s", self.summary.reason)
+                return self.summary
         pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="igata-load")
         producer = threading.Thread(
             target=self._produce, args=(pool,), name="igata-producer", daemon=True
@@ -297,7 +307,8 @@ class Pipeline:
 
     def _accept(self, envelope: Envelope, pool: ThreadPoolExecutor) -> None:
         items = envelope.items
-        ticket = _Ticket(envelope, pending=len(items) if not envelope.error else 1)
+        # An unparsable or empty envelope is settled by the one entry sent for it below.
+        ticket = _Ticket(envelope, pending=len(items) if items and not envelope.error else 1)
         with self._lock:
             self.summary.envelopes += 1
             self.summary.read += 1 if envelope.error else len(items)
@@ -363,6 +374,8 @@ class Pipeline:
                 continue
             if entry is None:  # producer finished; drain what is left
                 if batch:
+                    # Keep the marker for the next call, which would otherwise poll idly.
+                    self._ready.put(None)
                     return batch
                 if self._finished():
                     return None

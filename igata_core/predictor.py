@@ -6,6 +6,7 @@ import importlib
 import inspect
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -100,12 +101,18 @@ def time_limit(seconds: float | None, what: str = "predict") -> Iterator[None]:
         raise PredictTimeout(f"{what} took longer than {seconds:g} s (predict timeout)")
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
+    # Someone else's alarm (a watchdog, pytest-timeout) is put back afterwards, not lost.
+    outer, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            left = max(outer - (time.monotonic() - started), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
 def load_predictor(
@@ -140,7 +147,9 @@ def load_predictor(
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        # Only the module itself (or a package of its dotted path) missing means "not found";
+        # a missing dependency it imports ("import torch") is an import failure.
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise PredictorError(
                 f"predictor module {module_name!r} not found (is it installed, or on PYTHONPATH?)"
             ) from exc

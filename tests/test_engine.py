@@ -1,0 +1,341 @@
+"""The engine's delivery semantics: ack after flush, nack after the error is recorded, sink
+trouble is not record failure, bounded prefetch, the flush policy, exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers_core import (
+    EchoPredictor,
+    Journal,
+    ListSource,
+    RecordingSink,
+    core_registry,
+    data_envelopes,
+    igata,
+    make_pipeline,
+    write_images,
+)
+
+from igata_core import Envelope, Item, Loaded, Loader, PredictorBase, hookimpl
+from igata_core.testing import run_pipeline
+
+
+def run(source: ListSource, sink: RecordingSink, predictor: Any = EchoPredictor, **settings):
+    return run_pipeline(source, sink, predictor, registry=core_registry(), environ={}, **settings)
+
+
+def run_until(pipeline, condition, *, timeout: float = 5.0) -> tuple[Any, float | None]:
+    """Run ``pipeline`` on this thread; another thread calls ``stop()`` once ``condition()``
+    holds (or after ``timeout``). Returns the summary and when the condition held."""
+    held: list[float] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if condition():
+                    held.append(time.monotonic())
+                    break
+                time.sleep(0.01)
+        finally:
+            pipeline.stop()
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    summary = pipeline.run()
+    watcher.join()
+    return summary, (held[0] if held else None)
+
+
+# -- end to end through the command ------------------------------------------------------------
+
+
+def test_a_corrupt_image_among_100_good_ones(tmp_path):
+    write_images(tmp_path / "images", 100)
+    (tmp_path / "images" / "0050-corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    done = igata(
+        "run",
+        "--source",
+        "files",
+        "--sink",
+        "jsonl",
+        "--sink-opt",
+        "path=out.jsonl",
+        "--errors",
+        "errors.jsonl",
+        "--predictor",
+        "helpers_core:ShapePredictor",
+        "images",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stderr
+    results = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(results) == 100
+    assert {r["shape"] == [3, 4, 3] for r in results} == {True}
+    assert len({r["igata_id"] for r in results}) == 100
+    [error] = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
+    assert error["input"] == "images/0050-corrupt.png"
+    assert error["stage"] == "decode" and error["error_type"] == "RecordError"
+    assert "read 101, succeeded 100, failed 1, written 100" in done.stderr
+
+
+# -- ack and nack ------------------------------------------------------------------------------
+
+
+def test_every_ack_comes_after_the_flush_of_all_its_records():
+    journal = Journal()
+    source = ListSource(data_envelopes(range(40)), journal=journal)
+    sink = RecordingSink(journal=journal)
+    result = run(source, sink, chunk_size=4, batch_size=3, flush_interval=5)
+    assert result.exit_code == 0
+    assert sorted(source.acked) == sorted(f"env-{i}" for i in range(40))
+    for i in range(40):
+        assert journal.index("flushed", f"id-{i}") < journal.index("ack", f"env-{i}")
+    assert source.nacked == []
+    assert result.summary["acked"] == 40 and result.summary["written"] == 40
+
+
+def test_a_failed_envelope_is_nacked_after_its_error_was_put_and_flushed():
+    journal = Journal()
+    source = ListSource(data_envelopes(["a", "bad", "b", "bad", "c"]), journal=journal)
+    sink = RecordingSink(journal=journal)
+    result = run(source, sink, chunk_size=2)
+    assert result.exit_code == 1
+    assert sorted(source.nacked) == ["env-1", "env-3"]
+    assert sorted(source.acked) == ["env-0", "env-2", "env-4"]
+    for i in (1, 3):
+        assert journal.index("error-flushed", f"id-{i}") < journal.index("nack", f"env-{i}")
+    assert sorted(o.identity for o in sink.durable_errors) == ["id-1", "id-3"]
+    assert {o.stage for o in result.outcomes} == {"predict"}
+
+
+def test_an_envelope_of_several_records_is_settled_once_all_are_resolved():
+    journal = Journal()
+    envelopes = [
+        Envelope("A", [Item(f"a{i}", data=f"a{i}") for i in range(3)]),
+        Envelope("B", [Item("b0", data="b0"), Item("b1", data="bad"), Item("b2", data="b2")]),
+        Envelope("C", [], error="message body is not JSON"),
+        Envelope("D", [Item("d0", data="d0"), Item("d1", error="request lacks 's3_uri'")]),
+        Envelope("E", []),
+    ]
+    source = ListSource(envelopes, journal=journal)
+    sink = RecordingSink(journal=journal)
+    result = run(source, sink, chunk_size=1, batch_size=1)
+    assert sorted(source.acked) == ["A", "E"]
+    assert sorted(source.nacked) == ["B", "C", "D"]
+    ack_a = journal.index("ack", "A")
+    assert all(journal.index("flushed", f"a{i}") < ack_a for i in range(3))
+    nack_b = journal.index("nack", "B")
+    assert journal.index("error-flushed", "b1") < nack_b
+    assert journal.index("flushed", "b0") < nack_b and journal.index("flushed", "b2") < nack_b
+    assert {(o.identity, o.stage) for o in result.outcomes} == {
+        ("b1", "predict"),
+        ("C", "parse"),
+        ("d1", "parse"),
+    }
+    assert sorted(sink.ids()) == ["a0", "a1", "a2", "b0", "b2", "d0"]
+    assert result.exit_code == 1
+    assert result.summary["failed"] == 3
+
+
+def test_a_sink_rejection_fails_that_record_at_stage_sink_only():
+    source = ListSource(data_envelopes(["a", "b", "c", "d"]))
+    sink = RecordingSink(reject={"id-2"})
+    result = run(source, sink, chunk_size=4)
+    assert result.exit_code == 1
+    [outcome] = result.outcomes
+    assert (outcome.identity, outcome.stage) == ("id-2", "sink")
+    assert "test sink refuses id-2" in outcome.message
+    assert sorted(sink.ids()) == ["id-0", "id-1", "id-3"]
+    assert source.nacked == ["env-2"]
+    assert sorted(source.acked) == ["env-0", "env-1", "env-3"]
+    assert result.summary["written"] == 3 and result.summary["failed"] == 1
+
+
+# -- sink and source trouble -------------------------------------------------------------------
+
+
+def test_a_sink_that_fails_twice_then_recovers_loses_nothing():
+    source = ListSource(data_envelopes(range(10)))
+    sink = RecordingSink(fail_flushes=2)
+    result = run(source, sink, chunk_size=20, sink_retry_budget=10)
+    assert result.exit_code == 0
+    assert sink.failed_flushes == 2
+    assert sorted(sink.ids()) == sorted(f"id-{i}" for i in range(10))
+    assert sorted(source.acked) == sorted(f"env-{i}" for i in range(10))
+    assert source.nacked == []
+
+
+def test_a_sink_that_stays_down_stops_the_run_with_exit_3_and_settles_nothing():
+    source = ListSource(data_envelopes(["a", "bad", "b"] * 10))
+    sink = RecordingSink(fail_flushes=None)
+    started = time.monotonic()
+    result = run(source, sink, sink_retry_budget=1, chunk_size=2)
+    assert time.monotonic() - started < 5
+    assert result.exit_code == 3
+    assert "stayed unavailable for 1 s" in result.summary["reason"]
+    assert source.acked == [] and source.nacked == []
+    assert sink.durable == [] and sink.failed_flushes >= 2
+    assert source.closed == 1 and sink.closed == 1
+
+
+def test_the_engine_stops_pulling_input_while_the_sink_is_failing():
+    source = ListSource(data_envelopes(range(300)))
+    sink = RecordingSink(fail_for=1.0)
+    samples: list[tuple[int, int]] = []  # (flush call, envelopes pulled so far)
+    sink.on_flush = lambda: samples.append((sink.flush_calls, len(source.yielded)))
+    result = run(
+        source,
+        sink,
+        concurrency=1,
+        batch_size=1,
+        prefetch=2,
+        chunk_size=1,
+        flush_interval=0.05,
+        sink_retry_budget=10,
+    )
+    assert result.exit_code == 0
+    failing = samples[: sink.failed_flushes]
+    assert len(failing) >= 3
+    # Without the pause the producer fills the engine's queues (dozens of envelopes).
+    assert failing[-1][1] - failing[0][1] <= 4, samples[:6]
+    assert len(source.acked) == 300 and source.nacked == []
+
+
+def test_a_source_that_becomes_unavailable_exits_3_after_settling_what_it_gave():
+    source = ListSource(data_envelopes(range(10)), fail_after=4)
+    sink = RecordingSink()
+    result = run(source, sink)
+    assert result.exit_code == 3
+    assert "unavailable" in result.summary["reason"]
+    assert "test queue gone after 4 envelopes" in result.summary["reason"]
+    assert sorted(source.acked) == ["env-0", "env-1", "env-2", "env-3"]
+    assert sorted(sink.ids()) == ["id-0", "id-1", "id-2", "id-3"]
+
+
+# -- prefetch window ---------------------------------------------------------------------------
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loaded = 0
+        self.predicted = 0
+        self.most_ahead = 0
+
+
+class CountingLoader(Loader):
+    name = "counting"
+    schemes = ("count",)
+    description = "Test loader counting loads"
+    counter: ClassVar[Counter] = Counter()
+
+    def load(self, uri: str) -> Loaded:
+        counter = CountingLoader.counter
+        with counter.lock:
+            counter.loaded += 1
+            counter.most_ahead = max(counter.most_ahead, counter.loaded - counter.predicted)
+        return Loaded(b"x")
+
+
+class CountingPredictor(PredictorBase):
+    def predict(self, input_record: Any, meta: dict[str, Any]) -> Any:
+        time.sleep(0.0005)
+        with CountingLoader.counter.lock:
+            CountingLoader.counter.predicted += 1
+        return {"ok": True}
+
+
+@hookimpl
+def register_loaders(register):
+    register(CountingLoader)
+
+
+@pytest.mark.parametrize(
+    ("settings", "window"),
+    [
+        ({"concurrency": 2, "batch_size": 4}, 8),  # default: twice max(concurrency, batch size)
+        ({"concurrency": 4, "batch_size": 2, "prefetch": 3}, 3),
+    ],
+)
+def test_the_prefetch_window_bounds_items_loaded_but_not_predicted(settings, window):
+    CountingLoader.counter = Counter()
+    envelopes = [
+        Envelope(f"e{i}", [Item(f"i{i}", uri=f"count://{i}", decoder="raw")]) for i in range(1000)
+    ]
+    source = ListSource(envelopes)
+    sink = RecordingSink()
+    counting = types.SimpleNamespace(register_loaders=register_loaders)
+    result = run_pipeline(
+        source,
+        sink,
+        CountingPredictor,
+        environ={},
+        registry=core_registry([("counting", counting)]),
+        **settings,
+    )
+    assert result.exit_code == 0, result.outcomes[:3]
+    assert len(sink.durable) == 1000
+    assert CountingLoader.counter.most_ahead <= window
+    # The loaders do run ahead: the bound is what holds them back.
+    assert CountingLoader.counter.most_ahead >= min(window, 3)
+
+
+# -- the flush policy and unbounded sources ----------------------------------------------------
+
+
+def test_an_unbounded_source_is_acked_within_the_flush_interval():
+    source = ListSource(data_envelopes(range(3)), unbounded=True)
+    pipeline = make_pipeline(
+        source, RecordingSink(), EchoPredictor, chunk_size=100, flush_interval=0.3
+    )
+    summary, acked_at = run_until(pipeline, lambda: len(source.acked) == 3)
+    assert acked_at is not None, "not acked before stop()"
+    delay = acked_at - source.yield_times[-1]
+    assert 0.2 <= delay <= 1.5, delay
+    assert summary.exit_code == 0
+
+
+def test_a_full_chunk_is_flushed_at_once_and_the_rest_at_shutdown():
+    source = ListSource(data_envelopes(range(5)), unbounded=True)
+    pipeline = make_pipeline(
+        source, RecordingSink(), EchoPredictor, chunk_size=2, flush_interval=30, batch_size=1
+    )
+    started = time.monotonic()
+    after_pause: list[int] = []
+
+    def four_acked_then_a_pause() -> bool:
+        if len(source.acked) < 4:
+            return False
+        time.sleep(0.3)
+        after_pause.append(len(source.acked))
+        return True
+
+    summary, held = run_until(pipeline, four_acked_then_a_pause)
+    assert held is not None and held - started < 2.5
+    assert after_pause == [4]  # the fifth waits for its chunk to fill, or for the end
+    assert summary.exit_code == 0
+    assert sorted(source.acked) == [f"env-{i}" for i in range(5)]
+    assert time.monotonic() - started < 5
+
+
+def test_stopping_an_unbounded_source_exits_0_even_with_failed_messages():
+    source = ListSource(data_envelopes(["a", "bad", "b"]), unbounded=True)
+    pipeline = make_pipeline(source, RecordingSink(), EchoPredictor, flush_interval=0.05)
+    summary, held = run_until(pipeline, lambda: len(source.acked) + len(source.nacked) == 3)
+    assert held is not None
+    assert summary.exit_code == 0
+    assert summary.interrupted and summary.failed == 1 and summary.succeeded == 2
+    assert source.nacked == ["env-1"]
+    assert source.closed == 1
