@@ -178,11 +178,7 @@ def assemble(registry: Registry, request: RunRequest) -> Assembly:
     if problems:
         raise OptionsError(problems)
     assert isinstance(source, Source) and isinstance(sink, Sink) and predictor is not None
-    extensions = {
-        ext: reg.name
-        for reg in registry.registrations("decoder")
-        for ext in getattr(reg.obj, "extensions", ())
-    }
+    extensions = registry.decoder_extensions()
     settings = Settings(
         concurrency=values["concurrency"],
         batch_size=values["batch_size"],
@@ -258,26 +254,40 @@ def _pool(
     context: RunContext,
     problems: list[str],
 ) -> ComponentPool:
-    """Loaders or decoders: options resolved now, instances created on first use."""
-    resolved_by_class: dict[type, dict[str, Any]] = {}
+    """Loaders or decoders, built now so that bad options are reported before any I/O.
+
+    One that lacks a required option is not an error until an input needs it.
+    """
+    instances: dict[type, Any] = {}
+    unavailable: dict[str, str] = dict(registry.clashes[kind])
     names = set(registry.names(kind))
     for name in [*cli, *config]:
         if name not in names:
-            problems.append(
-                f"unknown {kind} {name!r} in {kind} options (installed: {', '.join(sorted(names))})"
-            )
+            known = ", ".join(sorted(names))
+            problems.append(f"unknown {kind} {name!r} in {kind} options (installed: {known})")
+    table = registry.table(kind)
     for registration in registry.registrations(kind):
         cls = registration.obj
         resolved, found = resolve(
             cls.options, owner=f"{kind} {cls.name!r}", cli=cli.get(cls.name, {}),
             environ=environ, config=config.get(cls.name, {}),
             extra_env=env_names_for(kind, cls.name), flag=f"--{kind}-opt {cls.name}.",
+            defer_missing=True,
         )  # fmt: skip
         problems += found
-        resolved_by_class[cls] = resolved.values
-    table = registry.table(kind)
-    classes = {key: reg.obj for key, reg in table.items()}
-    return ComponentPool(classes, lambda cls: cls(resolved_by_class.get(cls, {}), context))
+        if resolved.missing:
+            for key, reg in table.items():
+                if reg.obj is cls:
+                    unavailable.setdefault(key, "; ".join(resolved.missing))
+            continue
+        if found:
+            continue
+        try:
+            instances[cls] = cls(resolved.values, context)
+        except Exception as exc:
+            problems.append(f"{kind} {cls.name!r}: {exc}")
+    classes = {key: reg.obj for key, reg in table.items() if reg.obj in instances}
+    return ComponentPool(classes, instances.__getitem__, clashes=unavailable)
 
 
 def _predictor(registry: Registry, given: Any, environ: Mapping[str, str]) -> PredictorBase:

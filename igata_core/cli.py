@@ -255,6 +255,7 @@ def plugins(as_json: bool) -> None:
                 ]
                 for kind in KINDS
             },
+            "clashes": [msg for table in registry.clashes.values() for msg in table.values()],
         }
         click.echo(json.dumps(data, indent=2))
         return
@@ -270,6 +271,9 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  hooks: {', '.join(info.hooks)}")
         for component in info.components:
             click.echo(f"  {component}")
+    for table in registry.clashes.values():
+        for message in table.values():
+            click.echo(f"CLASH: {message}")
 
 
 @cli.command()
@@ -314,6 +318,15 @@ def describe(name: str, kind: str | None) -> None:
             envs = all_env_names(opt, env_names_for(component_kind, cls.name))
             if envs:
                 click.echo(f"        env: {', '.join(envs)}")
+
+
+def _add_core_commands() -> None:
+    from igata_core.scaffold import new_plugin
+
+    cli.add_command(new_plugin)
+
+
+_add_core_commands()
 
 
 def main() -> None:

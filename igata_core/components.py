@@ -223,6 +223,8 @@ class Sink(Component):
     * Writes are keyed by the record identity (``record["igata_id"]``) so a redelivered
       record overwrites instead of duplicating.
     * ``close()`` finishes (an output file is renamed into place) and is safe to call twice.
+      It is not called after the engine gave up on a failing sink (exit code 3), so that
+      records never flushed are not published.
     """
 
     def open(self) -> None:

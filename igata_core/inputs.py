@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import threading
 import zlib
 from collections.abc import Callable, Mapping
@@ -27,6 +26,24 @@ def scheme_of(uri: str) -> str:
     return "file" if len(scheme) <= 1 else scheme
 
 
+def gunzip(data: bytes, limit: int, uri: str) -> bytes:
+    """Decompress gzip data (all members), refusing more than ``limit`` bytes (a gzip bomb)."""
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    while rest:
+        inflater = zlib.decompressobj(wbits=31)
+        part = inflater.decompress(rest, limit + 1 - size)
+        size += len(part)
+        if size > limit or inflater.unconsumed_tail:
+            raise RecordError(f"{uri}: decompresses to more than {limit} bytes; refused")
+        if not inflater.eof:
+            raise EOFError("compressed data ended before the end-of-stream marker")
+        parts.append(part)
+        rest = inflater.unused_data
+    return b"".join(parts)
+
+
 def _path_of(uri: str) -> str:
     """The lower-cased path part of a URI (no query string), or the path itself."""
     return (urlsplit(uri).path if "://" in uri else uri).lower()
@@ -35,13 +52,22 @@ def _path_of(uri: str) -> str:
 class ComponentPool:
     """Lazily created, shared instances of loaders or decoders, by key."""
 
-    def __init__(self, classes: Mapping[str, type], factory: Callable[[type], Any]):
+    def __init__(
+        self,
+        classes: Mapping[str, type],
+        factory: Callable[[type], Any],
+        clashes: Mapping[str, str] | None = None,
+    ):
         self._classes = dict(classes)
+        # Keys two plugins registered: using one is that record's error, never a silent pick.
+        self._clashes = dict(clashes or {})
         self._factory = factory
         self._instances: dict[type, Any] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Any | None:
+        if key in self._clashes:
+            raise RecordError(self._clashes[key])
         cls = self._classes.get(key)
         if cls is None:
             return None
@@ -68,12 +94,19 @@ class InputReader:
         decoders: ComponentPool,
         extensions: Mapping[str, str],
         default_decoder: str | None = None,
+        max_decompressed_bytes: int = 1 << 30,
     ):
         self.loaders = loaders
         self.decoders = decoders
         # Longest suffix first so ".csv.gz"-style entries win over ".gz".
         self._extensions = sorted(extensions.items(), key=lambda kv: -len(kv[0]))
         self.default_decoder = default_decoder
+        self.max_decompressed_bytes = max_decompressed_bytes
+
+    def close(self) -> None:
+        """Close the loaders this reader created (decoders hold no resources)."""
+        for loader in self.loaders.created():
+            loader.close()
 
     def read(self, item: Item) -> tuple[Any, dict[str, Any]]:
         """The predictor input for ``item`` and its meta (loader meta under item meta)."""
@@ -106,7 +139,9 @@ class InputReader:
         data, path = loaded.data, _path_of(uri)
         if path.endswith(".gz"):
             try:
-                data = gzip.decompress(data)
+                data = gunzip(data, self.max_decompressed_bytes, uri)
+            except RecordError as exc:
+                raise StageError("decode", exc) from exc
             except (OSError, EOFError, zlib.error) as exc:
                 message = f"{uri}: not valid gzip data ({exc})"
                 raise StageError("decode", RecordError(message)) from exc

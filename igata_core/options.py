@@ -110,6 +110,8 @@ class ResolvedOptions:
 
     values: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
+    #: Missing required options, when their report was deferred (``defer_missing``).
+    missing: list[str] = field(default_factory=list)
 
 
 def parse_assignments(pairs: Iterable[str], what: str) -> tuple[dict[str, str], list[str]]:
@@ -134,12 +136,15 @@ def resolve(
     config: Mapping[str, Any] | None = None,
     extra_env: Callable[[Option], Iterable[str]] | None = None,
     flag: str | None = None,
+    defer_missing: bool = False,
 ) -> tuple[ResolvedOptions, list[str]]:
     """Resolve declared options; returns the values and a list of problems (never raises).
 
     ``owner`` names the component in messages (``"sink 'dynamodb'"``), ``flag`` the
     command-line way to set one of its options (``"--sink-opt"``). ``extra_env`` adds
-    derived environment variable names after the declared ones.
+    derived environment variable names after the declared ones. With ``defer_missing``,
+    missing required options go to ``ResolvedOptions.missing`` instead of the problems
+    (a loader that is installed but not used must not fail a run).
     """
     cli = dict(cli or {})
     config = dict(config or {})
@@ -172,7 +177,8 @@ def resolve(
                 ways = [f"{flag} {opt.name}=VALUE"] if flag else []
                 ways += [f"environment {name}" for name in all_env_names(opt, extra_env)]
                 how = f" (set it with {' or '.join(ways)})" if ways else ""
-                problems.append(f"{owner}: missing required option {opt.name!r}{how}")
+                message = f"{owner}: missing required option {opt.name!r}{how}"
+                (resolved.missing if defer_missing else problems).append(message)
                 continue
             resolved.values[opt.name] = opt.default
             resolved.origins[opt.name] = "default"

@@ -264,7 +264,16 @@ class Pipeline:
         return self.summary
 
     def _close(self) -> None:
-        for what, component in (("source", self.source), ("sink", self.sink)):
+        try:
+            self.reader.close()
+        except Exception as exc:
+            log.error("closing the loaders failed: %s: %s", type(exc).__name__, exc)
+        components: list[tuple[str, Source | Sink]] = [("source", self.source)]
+        # After an abort the sink holds unflushed records: closing it could publish them
+        # (a file renamed into place) although they were never acknowledged.
+        if not self._abort.is_set():
+            components.append(("sink", self.sink))
+        for what, component in components:
             try:
                 component.close()
             except Exception as exc:
@@ -337,6 +346,11 @@ class Pipeline:
             work.input, work.meta = self.reader.read(work.item)
             self._ready.put(work)
         except StageError as exc:
+            if isinstance(exc.cause, ServiceUnavailable):
+                # The input store is down, not this record: failing it would burn its
+                # receive count; stop instead and let the source redeliver.
+                self._fail_run(f"input unavailable: {exc.cause}", abort=True)
+                return
             self._ready.put(self._outcome(work.ticket, work.item, exc.stage, exc.cause, work))
         except BaseException as exc:
             self._ready.put(self._outcome(work.ticket, work.item, "load", exc, work))
@@ -630,6 +644,9 @@ class Pipeline:
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.settings.sink_retry_budget
+                elif self._stopping.is_set():
+                    # A stop was asked for during an outage: do not outlast the grace period.
+                    deadline = now
                 if now >= deadline:
                     self._fail_run(
                         f"sink {self.sink.name!r} stayed unavailable for "

@@ -103,6 +103,7 @@ class Registry:
         #: kind -> name -> message, for names registered by two plugins.
         self.clashes: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
         self.plugins: dict[str, PluginInfo] = {}
+        self._extensions: dict[str, Registration] = {}
 
     def add(self, kind: str, obj: Any, plugin: str) -> None:
         if kind == "command":
@@ -133,9 +134,32 @@ class Registry:
                 log.error("%s", message)
                 continue
             table[key] = registration
+        if kind == "decoder":
+            self._add_extensions(registration)
         info = self.plugins.get(plugin)
         if info is not None:
             info.components.append(f"{kind}:{name}")
+
+    def _add_extensions(self, registration: Registration) -> None:
+        for ext in getattr(registration.obj, "extensions", ()) or ():
+            existing = self._extensions.get(ext)
+            if existing is not None and existing.obj is not registration.obj:
+                message = (
+                    f"file extension {ext!r} is claimed by decoder {existing.name!r} (plugin "
+                    f"{existing.plugin!r}) and decoder {registration.name!r} (plugin "
+                    f"{registration.plugin!r}); choose one with --decoder"
+                )
+                self.clashes["decoder"][ext] = message
+                log.error("%s", message)
+                continue
+            self._extensions[ext] = registration
+
+    def decoder_extensions(self) -> dict[str, str]:
+        """File extension -> decoder name (an extension two decoders claim maps to itself,
+        and its clash message is in ``clashes["decoder"]``)."""
+        mapping = {ext: reg.name for ext, reg in self._extensions.items()}
+        mapping.update({ext: ext for ext in self.clashes["decoder"] if ext.startswith(".")})
+        return mapping
 
     def get(self, kind: str, name: str) -> Registration:
         clash = self.clashes[kind].get(name)
@@ -157,7 +181,9 @@ class Registry:
                 f"{kind} {name!r} is provided by the package {provider}, which is not "
                 f"installed: pip install {provider}  (installed {kind}s: {known})"
             )
-        raise UnknownComponent(f"unknown {kind} {name!r} (installed {kind}s: {known})")
+        failed = "; ".join(f"{i.name}: {i.error}" for i in self.broken)
+        hint = f"; plugins that failed to load: {failed}" if failed else ""
+        raise UnknownComponent(f"unknown {kind} {name!r} (installed {kind}s: {known}){hint}")
 
     def find(self, kind: str, name: str) -> Registration | None:
         try:

@@ -187,7 +187,8 @@ def test_a_sink_that_stays_down_stops_the_run_with_exit_3_and_settles_nothing():
     assert "stayed unavailable for 1 s" in result.summary["reason"]
     assert source.acked == [] and source.nacked == []
     assert sink.durable == [] and sink.failed_flushes >= 2
-    assert source.closed == 1 and sink.closed == 1
+    # The sink is not closed: closing could publish records that were never acknowledged.
+    assert source.closed == 1 and sink.closed == 0
 
 
 def test_the_engine_stops_pulling_input_while_the_sink_is_failing():

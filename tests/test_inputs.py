@@ -330,3 +330,17 @@ def test_component_pool_creates_one_instance_per_class_on_first_use():
     assert len({id(instance) for instance in got}) == 1
     assert pool.keys() == ["j", "json", "raw"]
     assert pool.created() == [got[0]]
+
+
+def test_a_gzip_bomb_is_refused_as_a_decode_error():
+    reader = make_reader(**{"bomb.json.gz": gzip.compress(b" " * 100_000 + b"1")})
+    reader.max_decompressed_bytes = 10_000
+    error = stage_error(reader, Item("i", uri="mem://store/bomb.json.gz"))
+    assert error.stage == "decode"
+    assert "decompresses to more than 10000 bytes" in str(error)
+
+
+def test_concatenated_gzip_members_are_all_read():
+    data = gzip.compress(b'{"a": ') + gzip.compress(b"1}")
+    reader = make_reader(**{"two.json.gz": data})
+    assert reader.read(Item("i", uri="mem://store/two.json.gz"))[0] == {"a": 1}

@@ -21,7 +21,7 @@ from helpers_core import (
     write_images,
 )
 
-from igata_core import Envelope, Item, Option, Source, hookimpl
+from igata_core import Envelope, Item, Loaded, Loader, Option, Source, hookimpl
 from igata_core.assembly import RunRequest, assemble, load_config
 from igata_core.options import OptionsError, resolve
 from igata_core.testing import run_pipeline
@@ -450,3 +450,57 @@ def test_source_selection_precedence(given, winner):
             assemble(registry, request)
     else:
         assert assemble(registry, request).source.name == f"src-{winner}"
+
+
+def test_a_bad_decoder_option_stops_the_run_before_any_input_is_read(tmp_path):
+    with pytest.raises(OptionsError) as raised:
+        run_pipeline(
+            "files", "null", EchoPredictor, inputs=[str(tmp_path)],
+            decoder_options={"csv": {"encoding": "klingon"}},
+        )  # fmt: skip
+    assert any("decoder 'csv'" in problem for problem in raised.value.problems)
+
+
+class _NeedsTokenLoader(Loader):
+    name = "tokened"
+    schemes = ("tok",)
+    options: ClassVar[tuple[Option, ...]] = (Option("token", required=True, help="A secret."),)
+
+    def load(self, uri: str) -> Loaded:
+        return Loaded(b"{}")
+
+
+class _TokenPlugin:
+    @hookimpl
+    def register_loaders(self, register: Any) -> None:
+        register(_NeedsTokenLoader)
+
+
+def test_an_unused_loader_missing_a_required_option_does_not_fail_the_run(tmp_path):
+    (tmp_path / "a.json").write_text("{}")
+    result = run_pipeline(
+        "files", "null", EchoPredictor, inputs=[str(tmp_path)],
+        extra_plugins=[("tokens", _TokenPlugin())],
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.summary["succeeded"] == 1
+
+
+def test_a_used_loader_missing_a_required_option_fails_its_records_clearly():
+    source = ListOfUris(["tok://a/x.json"])
+    result = run_pipeline(source, "null", EchoPredictor, extra_plugins=[("tokens", _TokenPlugin())])
+    assert result.exit_code == 1
+    (outcome,) = result.outcomes
+    assert "loader 'tokened': missing required option 'token'" in outcome.message
+    assert "IGATA_TOKENED_TOKEN" in outcome.message
+
+
+class ListOfUris(Source):
+    name = "uris"
+
+    def __init__(self, uris: list[str]):
+        super().__init__()
+        self.uris = uris
+
+    def envelopes(self) -> Any:
+        for uri in self.uris:
+            yield Envelope(uri, [Item(uri, uri=uri)])

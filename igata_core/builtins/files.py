@@ -2,95 +2,204 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
-from collections.abc import Iterator
+import stat
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, BinaryIO, ClassVar
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from igata_core import hookimpl
 from igata_core.components import Envelope, Item, Loaded, Loader, RecordError, Source
+from igata_core.inputs import scheme_of
 from igata_core.options import Option
 
 DEFAULT_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp",
-    ".csv", ".csv.gz", ".json", ".json.gz",
+    ".csv", ".csv.gz", ".tsv", ".tsv.gz", ".json", ".json.gz",
 )  # fmt: skip
 
 
 def path_of(uri: str) -> Path:
-    """The local path of a plain path or a ``file://`` URI."""
-    if uri.startswith("file:"):
+    """The local path of a plain path or a ``file://`` URI (percent-escapes decoded)."""
+    if uri[:5].lower() == "file:":
         parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise RecordError(f"file URI {uri!r} names a host ({parts.netloc}); only local files")
-        return Path(unquote(parts.path))
+        if parts.netloc.lower() not in ("", "localhost"):
+            raise RecordError(
+                f"file URI {uri!r} names the host {parts.netloc!r}; only local files "
+                "(file:///path or file://localhost/path) can be read"
+            )
+        # Bytes first: a percent-encoded file name need not be UTF-8 (Path.as_uri of such
+        # a name encodes its raw bytes).
+        return Path(os.fsdecode(unquote_to_bytes(parts.path)))
     return Path(uri)
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
 class FilesSource(Source):
-    """Local paths, directories (recursive) and globs, in a stable sorted order."""
+    """Local paths, directories (recursive) and globs, in a stable order, read lazily.
+
+    Directories are walked one directory at a time (entries sorted, files before
+    subdirectories; hidden entries skipped); a glob is matched the same way, so the first
+    file is delivered before a large tree has been listed. A path that does not exist, a
+    glob that matches nothing and a directory that cannot be listed are each that input's
+    error, not a failure of the run.
+    """
 
     name = "files"
     description = "Local files: paths, directories (recursive) and glob patterns"
     finite = True
     options: ClassVar[tuple[Option, ...]] = (
         Option(
-            "inputs", "list", default=[], help="Paths, directories or globs (the command's INPUTS)."
+            "inputs",
+            "list",
+            default=[],
+            help="Paths, directories (read recursively, hidden entries skipped) or glob "
+            "patterns ('**' for any depth); the command's INPUTS.",
         ),
         Option(
             "extensions",
             "list",
             default=list(DEFAULT_EXTENSIONS),
-            help="Only files ending with one of these (case-insensitive); '*' for all.",
+            help="In directories and globs, only files ending with one of these "
+            "(case-insensitive); '*' for all. Files named explicitly are always read.",
         ),
     )
 
     def __init__(self, options: Any = None, context: Any = None):
         super().__init__(options, context)
-        self._stopped = False
+        self._stopped = threading.Event()
         exts = [e.lower() for e in self.opts["extensions"]]
         self._all = "*" in exts
         self._extensions = tuple(e if e.startswith(".") else f".{e}" for e in exts if e != "*")
 
-    def _wanted(self, path: str) -> bool:
-        return self._all or path.lower().endswith(self._extensions)
+    def _wanted(self, name: str) -> bool:
+        return self._all or name.lower().endswith(self._extensions)
 
-    def _paths(self) -> Iterator[Path]:
+    def _entries(self) -> Iterator[tuple[str, str | None]]:
+        """(path, None) for each file to read, (input, message) for each input's error."""
         for given in self.opts["inputs"]:
-            path = path_of(given)
+            try:
+                path = path_of(given)
+            except RecordError as exc:
+                yield given, str(exc)
+                continue
             if path.is_dir():
-                for root, dirs, files in os.walk(path):
-                    dirs.sort()
-                    for name in sorted(files):
-                        if self._wanted(name):
-                            yield Path(root, name)
+                yield from self._walk(path)
             elif path.exists():
-                yield path  # named explicitly: no extension filter
+                yield str(path), None  # named explicitly: no extension filter
             elif glob.has_magic(str(path)):
-                for match in sorted(glob.iglob(str(path), recursive=True)):
-                    if os.path.isfile(match) and self._wanted(match):
-                        yield Path(match)
+                matched = False
+                for entry in self._glob(str(path)):
+                    matched = True
+                    yield entry
+                if not matched:
+                    yield str(path), f"{given}: no files match this pattern"
             else:
-                # A missing path is that input's error, not a crash of the run.
-                yield path
+                # The loader reports it ("no such file"), as that input's error.
+                yield str(path), None
+
+    def _walk(self, top: Path) -> Iterator[tuple[str, str | None]]:
+        errors: list[OSError] = []
+        for root, dirs, files in os.walk(top, onerror=errors.append):
+            while errors:
+                yield from self._listing_error(errors.pop(0))
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            for name in sorted(files):
+                if not _hidden(name) and self._wanted(name):
+                    yield os.path.join(root, name), None
+        for error in errors:
+            yield from self._listing_error(error)
+
+    @staticmethod
+    def _listing_error(error: OSError) -> Iterator[tuple[str, str | None]]:
+        where = os.fspath(error.filename or "?")
+        yield where, f"{where}: cannot list this directory: {error.strerror or error}"
+
+    def _glob(self, pattern: str) -> Iterator[tuple[str, str | None]]:
+        parts = Path(pattern).parts
+        first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        base = os.path.join(*parts[:first]) if first else ""
+        for match in _match(base, list(parts[first:])):
+            if os.path.isfile(match) and self._wanted(os.path.basename(match)):
+                yield match, None
 
     def envelopes(self) -> Iterator[Envelope]:
-        for path in self._paths():
-            if self._stopped:
+        for text, error in self._entries():
+            if self._stopped.is_set():
                 return
-            uri = path.resolve().as_uri()
-            yield Envelope(
-                ref=str(path),
-                items=[Item(identity=uri, uri=str(path), meta={"path": str(path)})],
-            )
+            absolute = os.path.abspath(text)
+            # A relative name such as "img:1.png" would be read as a URI of scheme "img".
+            uri = text if scheme_of(text) == "file" else absolute
+            item = Item(identity=Path(absolute).as_uri(), uri=uri, meta={"path": text}, error=error)
+            yield Envelope(ref=text, items=[item])
 
     def total(self) -> int | None:
-        return sum(1 for _ in self._paths())
+        return sum(1 for _ in self._entries())
 
     def stop(self) -> None:
-        self._stopped = True
+        self._stopped.set()
+
+
+def _match(base: str, parts: list[str]) -> Iterator[str]:
+    """Paths under ``base`` matching the glob ``parts``, one sorted directory at a time.
+
+    The semantics of ``glob.iglob(recursive=True)``: ``*`` and ``**`` do not match hidden
+    names, ``**`` as a whole component matches any number of directories (none included).
+    """
+    if not parts:
+        yield base
+        return
+    part, rest = parts[0], parts[1:]
+    if part == "**":
+        while rest[:1] == ["**"]:
+            rest = rest[1:]
+        yield from _match(base, rest) if rest else _subtree(base)
+        for name in _subdirectories(base):
+            yield from _match(os.path.join(base, name), parts)
+        return
+    if not glob.has_magic(part):
+        candidate = os.path.join(base, part)
+        if os.path.lexists(candidate):
+            yield from _match(candidate, rest)
+        return
+    try:
+        names = sorted(os.listdir(base or os.curdir))
+    except OSError:
+        return
+    for name in names:
+        if _hidden(name) and not _hidden(part):
+            continue
+        if fnmatch.fnmatchcase(name, part):
+            candidate = os.path.join(base, name)
+            if not rest or os.path.isdir(candidate):
+                yield from _match(candidate, rest)
+
+
+def _subtree(base: str) -> Iterator[str]:
+    # A trailing "**" matches the files directly in base; deeper levels come through the
+    # caller's recursion into each subdirectory.
+    try:
+        names = sorted(os.listdir(base or os.curdir))
+    except OSError:
+        return
+    for name in names:
+        if not _hidden(name):
+            yield os.path.join(base, name)
+
+
+def _subdirectories(base: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(base or os.curdir))
+    except OSError:
+        return []
+    return [n for n in names if not _hidden(n) and os.path.isdir(os.path.join(base, n))]
 
 
 class FileLoader(Loader):
@@ -106,33 +215,60 @@ class FileLoader(Loader):
             default=1 << 30,
             help="Refuse files larger than this many bytes.",
             env=("IGATA_FILE_MAX_OBJECT_BYTES",),
+            minimum=0,
         ),
     )
 
     def load(self, uri: str) -> Loaded:
         path = path_of(uri)
+        limit = self.opts["max_object_bytes"]
         try:
-            size = path.stat().st_size
-            if size > self.opts["max_object_bytes"]:
-                raise RecordError(
-                    f"{path}: {size} bytes is over max_object_bytes "
-                    f"({self.opts['max_object_bytes']})"
-                )
-            data = path.read_bytes()
+            with path.open("rb") as handle:
+                data = _read_at_most(handle, limit + 1)
         except FileNotFoundError:
             raise RecordError(f"{path}: no such file") from None
         except IsADirectoryError:
-            raise RecordError(f"{path}: is a directory") from None
+            raise RecordError(f"{path}: is a directory, not a file") from None
+        except NotADirectoryError:
+            raise RecordError(f"{path}: no such file (a parent is not a directory)") from None
         except PermissionError:
-            raise RecordError(f"{path}: permission denied") from None
-        return Loaded(data, {"size": size})
+            raise RecordError(
+                f"{path}: permission denied (the worker's user cannot read it)"
+            ) from None
+        except OSError as exc:
+            raise RecordError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        if len(data) > limit:
+            raise RecordError(
+                f"{path}: larger than max_object_bytes ({limit} bytes); raise it with "
+                "--loader-opt file.max_object_bytes=N"
+            )
+        return Loaded(data, {"size": len(data)})
+
+
+def _read_at_most(handle: BinaryIO, count: int) -> bytes:
+    """Up to ``count`` bytes: one over the limit is enough to refuse a file."""
+    status = os.fstat(handle.fileno())
+    if stat.S_ISREG(status.st_mode) and status.st_size < count:
+        # read() sizes its buffer by the file's size; read(count) would allocate count
+        # bytes up front whatever the size of the file.
+        data = handle.read()
+        return data if len(data) <= count else data[:count]
+    chunks: list[bytes] = []
+    total = 0
+    while total < count:
+        chunk = handle.read(min(1 << 20, count - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 @hookimpl
-def register_sources(register):  # type: ignore[no-untyped-def]
+def register_sources(register: Callable[[type[Source]], None]) -> None:
     register(FilesSource)
 
 
 @hookimpl
-def register_loaders(register):  # type: ignore[no-untyped-def]
+def register_loaders(register: Callable[[type[Loader]], None]) -> None:
     register(FileLoader)
