@@ -123,6 +123,12 @@ def _run_option(name: str, help_text: str, type_: Any) -> Any:
 @_run_option("prefetch", "Records loaded ahead of the predictor", int)
 @_run_option("decoder", "Decode all inputs with this decoder", str)
 @_run_option("errors", "Write failed records as JSON lines to this file", str)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="IGATA_METRICS_PORT",
+              help="Serve Prometheus /metrics and the /healthz and /readyz probes on this "
+              "port (needs igata-core[metrics]; env IGATA_METRICS_PORT).")  # fmt: skip
+@click.option("--metrics-host", default="0.0.0.0", show_default=True,
+              envvar="IGATA_METRICS_HOST", help="Address the metrics port binds to "
+              "(env IGATA_METRICS_HOST).")  # fmt: skip
 @click.pass_context
 def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
     """Run a pipeline: read INPUTS (or a queue) with the source, predict, write to the sink.
@@ -151,6 +157,7 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
     problems += found
     source, sink, predictor = kwargs.pop("source"), kwargs.pop("sink"), kwargs.pop("predictor")
     config_path = kwargs.pop("config_path")
+    metrics_port, metrics_host = kwargs.pop("metrics_port"), kwargs.pop("metrics_host")
     try:
         if problems:
             raise OptionsError(problems)
@@ -191,6 +198,7 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
 
     from igata_core.progress import Progress
 
+    metrics, health, server = _metrics_server(ctx, metrics_port, metrics_host, assembly)
     progress = Progress(assembly.source, enabled=not ctx.obj.get("quiet"))
     pipeline = Pipeline(
         assembly.source,
@@ -199,6 +207,8 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
         assembly.reader,
         assembly.settings,
         on_progress=progress.update,
+        metrics=metrics,
+        health=health,
     )
     _install_signal_handlers(pipeline)
     log.info(
@@ -206,7 +216,11 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
         assembly.context.run_id, assembly.source.name, type(predictor_obj).__name__,
         assembly.sink.name,
     )  # fmt: skip
-    summary = pipeline.run()
+    try:
+        summary = pipeline.run()
+    finally:
+        if server is not None:
+            server.close()
     progress.finish()
     level = logging.INFO if summary.exit_code == 0 else logging.WARNING
     log.log(
@@ -219,6 +233,32 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
     if summary.failed_by_stage:
         log.log(level, "failed by stage: %s", json.dumps(summary.failed_by_stage, sort_keys=True))
     ctx.exit(summary.exit_code)
+
+
+def _metrics_server(ctx: click.Context, port: int | None, host: str, assembly: Any) -> Any:
+    """Metrics, health and their HTTP server when ``--metrics-port`` is given."""
+    from igata_core.metrics import Health
+
+    stuck_after = max(300.0, 2 * (assembly.settings.predict_timeout or 0))
+    health = Health(stuck_after=stuck_after)
+    if port is None:
+        return None, health, None
+    try:
+        from igata_core.metrics import MetricsServer, PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+        server = MetricsServer(host, port, metrics, health).start()
+    except ImportError:
+        click.echo(
+            "error: --metrics-port needs prometheus-client: pip install 'igata-core[metrics]'",
+            err=True,
+        )
+        ctx.exit(2)
+    except OSError as exc:
+        click.echo(f"error: --metrics-port {port}: cannot listen on {host}: {exc}", err=True)
+        ctx.exit(2)
+    log.info("metrics and probes on http://%s:%d (/metrics, /healthz, /readyz)", host, server.port)
+    return metrics, health, server
 
 
 def _install_signal_handlers(pipeline: Any) -> None:

@@ -77,6 +77,7 @@ class Envelope:
     (SQS: ApproximateReceiveCount) and ``final`` says this is the last attempt before the
     source gives up on it (dead-letter queue), so error outcomes can be marked final.
     ``error`` marks an envelope that could not be parsed at all (it has no items).
+    ``enqueued_at`` (epoch seconds), when the source knows it, gives the receive-lag metric.
     """
 
     ref: str
@@ -85,6 +86,7 @@ class Envelope:
     attempt: int = 1
     final: bool = True
     error: str | None = None
+    enqueued_at: float | None = None
 
 
 @dataclass

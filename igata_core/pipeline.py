@@ -41,6 +41,7 @@ from igata_core.components import (
     Source,
 )
 from igata_core.inputs import InputReader, StageError
+from igata_core.metrics import Health, Metrics
 from igata_core.predictor import (
     PredictorBase,
     call_batch,
@@ -164,6 +165,8 @@ class Pipeline:
         settings: Settings | None = None,
         *,
         on_progress: Callable[[RunSummary], None] | None = None,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
     ):
         self.source = source
         self.sink = sink
@@ -173,6 +176,9 @@ class Pipeline:
         self.summary = RunSummary()
         self.outcomes: list[ErrorOutcome] = []
         self._on_progress = on_progress
+        self.metrics = metrics or Metrics()
+        self.health = health or Health()
+        self._unsettled = 0  # envelopes taken and not yet acked or nacked
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._abort = threading.Event()
@@ -197,6 +203,7 @@ class Pipeline:
         if not self._stopping.is_set():
             self._stopping.set()
             self.summary.interrupted = True
+            self.health.set_ready(False, "stopping")
             try:
                 self.source.stop()
             except Exception:
@@ -247,6 +254,10 @@ class Pipeline:
         writer = threading.Thread(target=self._write, name="igata-writer", daemon=True)
         writer.start()
         producer.start()
+        self.health.watch_threads(
+            lambda: writer.is_alive() and (producer.is_alive() or self._producer_done.is_set())
+        )
+        self.health.set_ready(True, "taking input")
         try:
             self._predict_loop()
         finally:
@@ -321,6 +332,11 @@ class Pipeline:
         with self._lock:
             self.summary.envelopes += 1
             self.summary.read += 1 if envelope.error else len(items)
+            self._unsettled += 1
+            self.metrics.in_flight(self._unsettled)
+        self.metrics.records_read(1 if envelope.error else len(items))
+        if envelope.enqueued_at is not None:
+            self.metrics.receive_lag(time.time() - envelope.enqueued_at)
         if envelope.error:
             self._put_out(self._outcome(ticket, None, "parse", envelope.error))
             return
@@ -362,6 +378,7 @@ class Pipeline:
             self.settings.predict_timeout or getattr(self.predictor, "predict_timeout", None)
         )
         while True:
+            self.health.beat()
             if self._abort.is_set():
                 return
             batch = self._next_batch()
@@ -423,7 +440,9 @@ class Pipeline:
                 self._handed_over(self._outcome(work.ticket, work.item, "preprocess", exc, work))
         if not prepared:
             return
+        started = time.monotonic()
         predictions = self._predict(prepared)
+        self.metrics.batch(len(prepared), time.monotonic() - started)
         for work, (ok, value) in zip(prepared, predictions, strict=True):
             if not ok:
                 self._handed_over(self._outcome(work.ticket, work.item, "predict", value, work))
@@ -596,8 +615,10 @@ class Pipeline:
             self.summary.written += len(written)
             self.summary.succeeded += len(written)
             self.summary.failed += len(failures)
+            self.metrics.records_written(len(written))
             for failure in failures:
                 stage = failure.outcome.stage
+                self.metrics.record_failed(stage)
                 self.summary.failed_by_stage[stage] = self.summary.failed_by_stage.get(stage, 0) + 1
         self._settle([*results, *failures])
         return True
@@ -638,6 +659,11 @@ class Pipeline:
         while True:
             try:
                 attempt()
+                if not self._sink_ok.is_set():
+                    log.info("sink %r: writing again; resuming intake", self.sink.name)
+                    self.metrics.sink_healthy(True)
+                    if not self._stopping.is_set():
+                        self.health.set_ready(True, "taking input")
                 self._sink_ok.set()
                 return True
             except Exception as exc:
@@ -656,6 +682,8 @@ class Pipeline:
                     )
                     return False
                 self._sink_ok.clear()
+                self.metrics.sink_healthy(False)
+                self.health.set_ready(False, f"sink {self.sink.name!r} unavailable")
                 log.warning(
                     "sink %r: write failed (%s: %s); retrying in %.1f s (pausing intake)",
                     self.sink.name, type(exc).__name__, exc, delay,
@@ -705,6 +733,10 @@ class Pipeline:
                     self.summary.acked += len(envelopes)
                 else:
                     self.summary.nacked += len(envelopes)
+        with self._lock:
+            self._unsettled -= len(acks) + len(nacks)
+            self.metrics.in_flight(self._unsettled)
+        self.metrics.settled(len(acks), len(nacks))
 
     def _progress(self) -> None:
         if self._on_progress is not None:
