@@ -42,6 +42,9 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("sink_retry_budget", "float", 60.0,
            help="Seconds to keep retrying a failing sink before stopping with exit code 3.",
            env=("IGATA_SINK_RETRY_BUDGET",), minimum=0),
+    Option("load_retry_budget", "float", 60.0,
+           help="Seconds to keep retrying loads while the input store (S3…) is unreachable "
+           "before stopping with exit code 3.", env=("IGATA_LOAD_RETRY_BUDGET",), minimum=0),
     Option("predict_timeout", "float", None,
            help="Seconds a predict call may take (SIGALRM); a slower call is that "
            "record's error.", env=("IGATA_PREDICT_TIMEOUT",), minimum=0),
@@ -186,6 +189,7 @@ def assemble(registry: Registry, request: RunRequest) -> Assembly:
         chunk_size=values["chunk_size"],
         flush_interval=values["flush_interval"],
         sink_retry_budget=values["sink_retry_budget"],
+        load_retry_budget=values["load_retry_budget"],
         predict_timeout=values["predict_timeout"],
         prefetch=values["prefetch"],
         errors_path=values["errors"],

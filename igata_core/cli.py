@@ -119,6 +119,7 @@ def _run_option(name: str, help_text: str, type_: Any) -> Any:
 @_run_option("chunk_size", "Records per sink write", int)
 @_run_option("flush_interval", "Flush when the oldest buffered result is this old (s)", float)
 @_run_option("sink_retry_budget", "Seconds to retry a failing sink, then exit 3", float)
+@_run_option("load_retry_budget", "Seconds to retry loads while the input store is down", float)
 @_run_option("predict_timeout", "Seconds one predict call may take", float)
 @_run_option("prefetch", "Records loaded ahead of the predictor", int)
 @_run_option("decoder", "Decode all inputs with this decoder", str)
@@ -185,6 +186,7 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
         ctx.exit(2)
 
     predictor_obj = assembly.predictor
+    stopper = _install_signal_handlers()
     try:
         predictor_obj.setup()
     except Exception as exc:
@@ -210,7 +212,7 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
         metrics=metrics,
         health=health,
     )
-    _install_signal_handlers(pipeline)
+    stopper.attach(pipeline)
     log.info(
         "run %s: source %s -> predictor %s -> sink %s",
         assembly.context.run_id, assembly.source.name, type(predictor_obj).__name__,
@@ -261,22 +263,44 @@ def _metrics_server(ctx: click.Context, port: int | None, host: str, assembly: A
     return metrics, health, server
 
 
-def _install_signal_handlers(pipeline: Any) -> None:
-    received: list[int] = []
+class _Stopper:
+    """SIGINT/SIGTERM: the first stops the run gracefully, a second exits at once.
 
-    def handler(signum: int, frame: Any) -> None:
-        if received:
+    Installed before the model loads, so a stop during a slow ``setup()`` is not ignored
+    (as PID 1 in a container, an unhandled SIGTERM would be).
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.pipeline: Any = None
+
+    def attach(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+        if self.received:
+            pipeline.stop(self.received[0])
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.received:
             # Second signal: leave at once; the source redelivers whatever was not acked.
             os._exit(128 + signum)
-        received.append(signum)
+        self.received.append(signum)
+        name = signal.Signals(signum).name
+        if self.pipeline is None:
+            # Nothing read yet: nothing to finish.
+            log.warning("%s received while starting: exiting", name)
+            os._exit(128 + signum)
         log.warning(
             "%s received: finishing in-flight work, then exiting (send again to exit at once)",
-            signal.Signals(signum).name,
+            name,
         )
-        pipeline.stop()
+        self.pipeline.stop(signum)
 
+
+def _install_signal_handlers() -> _Stopper:
+    stopper = _Stopper()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+        signal.signal(sig, stopper)
+    return stopper
 
 
 @cli.command()

@@ -69,6 +69,7 @@ class Settings:
     chunk_size: int = 15
     flush_interval: float = 1.0
     sink_retry_budget: float = 60.0
+    load_retry_budget: float = 60.0
     predict_timeout: float | None = None
     prefetch: int = 0  # 0: twice the larger of concurrency and batch size
     errors_path: str | None = None
@@ -184,6 +185,10 @@ class Pipeline:
         self._abort = threading.Event()
         self._sink_ok = threading.Event()
         self._sink_ok.set()
+        # Cleared while loads fail because the input store is down: intake pauses.
+        self._input_ok = threading.Event()
+        self._input_ok.set()
+        self._signal: int | None = None
         self._slots = threading.Semaphore(self.settings.window())
         self._ready: queue.Queue[Any] = queue.Queue()
         # Bounded, so a stuck sink holds the predictor, which holds the prefetch window.
@@ -198,10 +203,15 @@ class Pipeline:
 
     # -- control -----------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Graceful stop: read no more input, finish what is in flight, flush, ack."""
+    def stop(self, signum: int | None = None) -> None:
+        """Graceful stop: read no more input, finish what is in flight, flush, ack.
+
+        ``signum``: the signal that asked for it; a finite run stopped before its input was
+        exhausted then exits with ``128 + signum``, as interrupted programs do.
+        """
         if not self._stopping.is_set():
             self._stopping.set()
+            self._signal = signum
             self.summary.interrupted = True
             self.health.set_ready(False, "stopping")
             try:
@@ -225,6 +235,7 @@ class Pipeline:
         log.error("%s", reason)
         self._stopping.set()
         self._sink_ok.set()  # wake a paused producer so it can see the stop
+        self._input_ok.set()
         try:
             self.source.stop()
         except Exception:
@@ -272,6 +283,9 @@ class Pipeline:
         if self.summary.exit_code == EXIT_OK and self.summary.failed and self.source.finite:
             self.summary.exit_code = EXIT_FAILED_RECORDS
             self.summary.reason = f"{self.summary.failed} record(s) failed"
+        if self._signal and self.source.finite and self.summary.exit_code <= EXIT_FAILED_RECORDS:
+            self.summary.exit_code = 128 + self._signal
+            self.summary.reason = "interrupted before the input was exhausted"
         return self.summary
 
     def _close(self) -> None:
@@ -309,7 +323,7 @@ class Pipeline:
                 if self._stopping.is_set():
                     break
                 # A failing sink pauses intake; in-flight messages stay leased.
-                while not self._sink_ok.wait(0.5):
+                while not (self._sink_ok.wait(0.5) and self._input_ok.is_set()):
                     if self._abort.is_set():
                         return
         except _Aborted:
@@ -358,18 +372,42 @@ class Pipeline:
     # -- pool threads ----------------------------------------------------------------------
 
     def _load(self, work: _Work) -> None:
-        try:
-            work.input, work.meta = self.reader.read(work.item)
-            self._ready.put(work)
-        except StageError as exc:
-            if isinstance(exc.cause, ServiceUnavailable):
-                # The input store is down, not this record: failing it would burn its
-                # receive count; stop instead and let the source redeliver.
-                self._fail_run(f"input unavailable: {exc.cause}", abort=True)
+        delay = 0.2
+        deadline: float | None = None
+        while True:
+            try:
+                work.input, work.meta = self.reader.read(work.item)
+                self._input_ok.set()
+                self._ready.put(work)
                 return
-            self._ready.put(self._outcome(work.ticket, work.item, exc.stage, exc.cause, work))
-        except BaseException as exc:
-            self._ready.put(self._outcome(work.ticket, work.item, "load", exc, work))
+            except StageError as exc:
+                if not isinstance(exc.cause, ServiceUnavailable):
+                    self._ready.put(
+                        self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
+                    )
+                    return
+                # The input store is down, not this record: failing it would burn its
+                # receive count. Pause intake and retry; past the budget, stop unsettled.
+                now = time.monotonic()
+                deadline = deadline or now + self.settings.load_retry_budget
+                if now >= deadline or self._abort.is_set():
+                    self._fail_run(
+                        f"input unavailable for {self.settings.load_retry_budget:g} s: "
+                        f"{exc.cause}; stopping without settling in-flight input "
+                        "(it will be redelivered)",
+                        abort=True,
+                    )
+                    return
+                if self._input_ok.is_set():
+                    log.warning("input unavailable (%s); pausing intake and retrying", exc.cause)
+                self._input_ok.clear()
+                if self._abort.wait(min(delay, max(0.0, deadline - now))):
+                    return
+                # Short cap: the store coming back should be noticed within seconds.
+                delay = min(delay * 2, 2.0)
+            except BaseException as exc:
+                self._ready.put(self._outcome(work.ticket, work.item, "load", exc, work))
+                return
 
     # -- main thread: the predictor --------------------------------------------------------
 

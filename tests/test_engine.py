@@ -20,6 +20,7 @@ from helpers_core import (
     Journal,
     ListSource,
     RecordingSink,
+    ShapePredictor,
     core_registry,
     data_envelopes,
     igata,
@@ -340,3 +341,46 @@ def test_stopping_an_unbounded_source_exits_0_even_with_failed_messages():
     assert summary.interrupted and summary.failed == 1 and summary.succeeded == 2
     assert source.nacked == ["env-1"]
     assert source.closed == 1
+
+
+# -- the input store down ---------------------------------------------------------------------
+
+
+def _uri_envelopes(paths: list[Path]) -> list[Envelope]:
+    return [Envelope(str(p), [Item(str(p), uri=str(p))]) for p in paths]
+
+
+def test_a_short_input_outage_pauses_and_retries_loads_without_failing_records(tmp_path):
+    from igata_core import ServiceUnavailable
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 12)
+    faulty = FaultyLoader(FileLoader(), fail_times=4, exc=ServiceUnavailable("S3 unreachable"))
+    source = ListSource(_uri_envelopes(paths))
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
+        load_retry_budget=10, concurrency=2,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.summary
+    assert len(faulty.failures) == 4
+    assert sorted(source.acked) == sorted(str(p) for p in paths) and source.nacked == []
+
+
+def test_a_long_input_outage_stops_with_exit_3_and_settles_nothing(tmp_path):
+    from igata_core import ServiceUnavailable
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FOREVER, FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 5)
+    faulty = FaultyLoader(FileLoader(), fail_times=FOREVER, exc=ServiceUnavailable("S3 down"))
+    source = ListSource(_uri_envelopes(paths))
+    started = time.monotonic()
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
+        load_retry_budget=1,
+    )  # fmt: skip
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 3
+    assert "input unavailable for 1 s" in result.summary["reason"]
+    assert source.acked == [] and source.nacked == []

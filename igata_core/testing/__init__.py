@@ -6,6 +6,9 @@ Fixtures:
   environment points every boto3 client at it (``AWS_ENDPOINT_URL``, fake credentials,
   region ``us-east-1``). ``local_aws.env()`` is the environment for a worker subprocess.
 * ``aws`` (function): the same endpoint, emptied before the test (moto's reset API).
+* ``fault_proxy`` (function): a fault-injecting TCP proxy in front of ``local_aws``
+  (modes ``pass``, ``refuse``, ``reset``, ``delay``, ``blackhole``), see
+  :mod:`igata_core.testing.proxy`.
 
 Helpers: :func:`run_pipeline` runs a pipeline in-process; contract test classes live in
 :mod:`igata_core.testing.contracts`; fault injection in :mod:`igata_core.testing.faults`.
@@ -18,9 +21,10 @@ from collections.abc import Iterator
 import pytest
 
 from igata_core.testing.aws import LocalAws, local_aws_environment, start_local_aws
+from igata_core.testing.proxy import fault_proxy
 from igata_core.testing.run import RunResult, run_pipeline
 
-__all__ = ["LocalAws", "RunResult", "run_pipeline"]
+__all__ = ["LocalAws", "RunResult", "fault_proxy", "run_pipeline"]
 
 
 @pytest.fixture(scope="session")

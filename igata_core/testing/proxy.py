@@ -10,6 +10,9 @@ runs::
         ...
         fault_proxy.mode = "pass"        # and back
 
+moto builds queue URLs from the host a request was sent to: give the worker URLs that name
+the proxy (``queue_url.replace(aws.url, fault_proxy.url)``), not moto's own port.
+
 Modes (:data:`MODES`); a mode applies to new connections and to open ones:
 
 ``pass``
