@@ -81,7 +81,9 @@ def describe_transport_error(exc: BaseException, *, uri: str) -> Exception:
     """An endpoint that cannot be reached is the service's trouble, not the record's."""
     from botocore import exceptions as bx
 
-    if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+    # Refused, reset, closed or timed-out connections (after botocore's own retries) are
+    # the network's trouble: the engine pauses and retries instead of failing the record.
+    if isinstance(exc, (bx.ConnectionError, bx.HTTPClientError)):
         return ServiceUnavailable(
             f"s3: cannot reach the S3 endpoint while reading {uri} ({exc}); check "
             "AWS_ENDPOINT_URL / S3_ENDPOINT and the network"
