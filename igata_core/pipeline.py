@@ -192,9 +192,8 @@ class Pipeline:
         self._slots = threading.Semaphore(self.settings.window())
         self._ready: queue.Queue[Any] = queue.Queue()
         # Bounded, so a stuck sink holds the predictor, which holds the prefetch window.
-        self._out: queue.Queue[Any] = queue.Queue(
-            maxsize=max(4 * self.settings.chunk_size, 2 * self.settings.batch_size, 64)
-        )
+        # Messages are batches (or single parse failures).
+        self._out: queue.Queue[Any] = queue.Queue(maxsize=64)
         self._in_flight = 0  # items submitted to the pool and not yet handed to the writer
         self._producer_done = threading.Event()
         self._errors_file: IO[str] | None = None
@@ -450,7 +449,7 @@ class Pipeline:
                     return None
                 continue
             if isinstance(entry, _Failure):
-                self._handed_over(entry)
+                self._handed_over([entry])
                 continue
             batch.append(entry)
             if deadline is None:
@@ -461,36 +460,43 @@ class Pipeline:
         with self._lock:
             return self._producer_done.is_set() and self._in_flight == 0 and self._ready.empty()
 
-    def _handed_over(self, entry: _Result | _Failure) -> None:
-        """An item leaves the predictor stage: free its prefetch slot, pass it on."""
-        self._slots.release()
+    def _handed_over(self, entries: list[_Result | _Failure]) -> None:
+        """Items leave the predictor stage: free their prefetch slots, pass them on.
+
+        A whole batch goes to the writer in one hand-over: each thread hand-over costs
+        more than the engine's own work on a record.
+        """
+        if not entries:
+            return
+        self._slots.release(len(entries))
         with self._lock:
-            self._in_flight -= 1
-        self._put_out(entry)
+            self._in_flight -= len(entries)
+        self._put_out(entries)
 
     def _run_batch(self, batch: list[_Work]) -> None:
+        out: list[_Result | _Failure] = []
         prepared: list[_Work] = []
         for work in batch:
             try:
                 work.input = self.predictor.preprocess_input(work.input, work.meta)
                 prepared.append(work)
             except Exception as exc:
-                self._handed_over(self._outcome(work.ticket, work.item, "preprocess", exc, work))
-        if not prepared:
-            return
-        started = time.monotonic()
-        predictions = self._predict(prepared)
-        self.metrics.batch(len(prepared), time.monotonic() - started)
-        for work, (ok, value) in zip(prepared, predictions, strict=True):
-            if not ok:
-                self._handed_over(self._outcome(work.ticket, work.item, "predict", value, work))
-                continue
-            try:
-                result = self._postprocess(value, work.meta)
-            except Exception as exc:
-                self._handed_over(self._outcome(work.ticket, work.item, "postprocess", exc, work))
-                continue
-            self._handed_over(_Result(work.ticket, self._record(work, result)))
+                out.append(self._outcome(work.ticket, work.item, "preprocess", exc, work))
+        if prepared:
+            started = time.monotonic()
+            predictions = self._predict(prepared)
+            self.metrics.batch(len(prepared), time.monotonic() - started)
+            for work, (ok, value) in zip(prepared, predictions, strict=True):
+                if not ok:
+                    out.append(self._outcome(work.ticket, work.item, "predict", value, work))
+                    continue
+                try:
+                    result = self._postprocess(value, work.meta)
+                except Exception as exc:
+                    out.append(self._outcome(work.ticket, work.item, "postprocess", exc, work))
+                    continue
+                out.append(_Result(work.ticket, self._record(work, result)))
+        self._handed_over(out)
 
     def _predict(self, batch: list[_Work]) -> list[tuple[bool, Any]]:
         """(ok, prediction or exception) per work item, isolating failures per record."""
@@ -600,19 +606,16 @@ class Pipeline:
             if results or failures:
                 timeout = max(0.0, oldest + self.settings.flush_interval - time.monotonic())
             try:
-                entry = self._out.get(timeout=timeout)
+                message = self._out.get(timeout=timeout)
             except queue.Empty:
-                entry = None
-            if entry is _DONE:
+                message = None
+            if message is _DONE:
                 done = True
-            elif isinstance(entry, _Result):
+            elif message is not None:
                 if not results and not failures:
                     oldest = time.monotonic()
-                results.append(entry)
-            elif isinstance(entry, _Failure):
-                if not results and not failures:
-                    oldest = time.monotonic()
-                failures.append(entry)
+                for entry in message if isinstance(message, list) else [message]:
+                    (results if isinstance(entry, _Result) else failures).append(entry)
             due = (
                 done
                 or len(results) >= self.settings.chunk_size
