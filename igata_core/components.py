@@ -78,6 +78,7 @@ class Envelope:
     source gives up on it (dead-letter queue), so error outcomes can be marked final.
     ``error`` marks an envelope that could not be parsed at all (it has no items).
     ``enqueued_at`` (epoch seconds), when the source knows it, gives the receive-lag metric.
+    ``outcomes`` is filled by the engine before ``nack``: this attempt's error outcomes.
     """
 
     ref: str
@@ -87,6 +88,7 @@ class Envelope:
     final: bool = True
     error: str | None = None
     enqueued_at: float | None = None
+    outcomes: list[ErrorOutcome] = field(default_factory=list)
 
 
 @dataclass

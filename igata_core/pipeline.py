@@ -753,6 +753,7 @@ class Pipeline:
             ticket = entry.ticket
             if isinstance(entry, _Failure):
                 ticket.failed = True
+                ticket.envelope.outcomes.append(entry.outcome)
             ticket.pending -= 1
             if ticket.pending == 0:
                 (nacks if ticket.failed else acks).append(ticket.envelope)

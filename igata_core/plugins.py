@@ -42,6 +42,7 @@ KNOWN_PROVIDERS: dict[str, str] = {
     "sqs": "igata-sqs",
     "SQSMessageS3InputImageCtxManager": "igata-sqs",
     "SQSMessageS3InputCSVCtxManager": "igata-sqs",
+    "sqs-csv": "igata-sqs",
     "SQSRecordOutputCtxManager": "igata-sqs",
     "dynamodb": "igata-dynamodb",
     "DynamodbOutputCtxManager": "igata-dynamodb",

@@ -7,12 +7,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from igata_core.components import RunContext
 from igata_dynamodb.layout import Layout
 from igata_dynamodb.records import results_hashkey
 from igata_dynamodb.sink import DynamoDbSink
 from igata_dynamodb.tables import Capacity, create_tables
-
-from igata_core.components import RunContext
 
 pytest_plugins = ["igata_core.testing"]
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from igata_core.components import ErrorOutcome
 from igata_dynamodb.attributes import (
     MAX_ITEM_BYTES,
     InvalidAttribute,
@@ -20,8 +22,6 @@ from igata_dynamodb.attributes import (
 )
 from igata_dynamodb.layout import COMPLETED, ERROR, Layout
 from igata_dynamodb.records import InvalidRecord, RecordMapper, results_hashkey
-
-from igata_core.components import ErrorOutcome
 
 
 def test_floats_become_decimals_rounded_to_the_precision() -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from igata_dynamodb.layout import Layout
-from igata_dynamodb.sink import DynamoDbSink
-from igata_dynamodb.tables import Capacity, create_tables
 
 from igata_core.components import RECORD_ID_KEY, RECORD_INPUT_KEY, RunContext, Sink
 from igata_core.testing.contracts import SinkContract
+from igata_dynamodb.layout import Layout
+from igata_dynamodb.sink import DynamoDbSink
+from igata_dynamodb.tables import Capacity, create_tables
 
 #: The contract's top-level fields are copied into the RESULTS items so they can be read back.
 PARENT_FIELDS = ["request_id", "s3_uri", RECORD_INPUT_KEY, "label", "score", "index"]

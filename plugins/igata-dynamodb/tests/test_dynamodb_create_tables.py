@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from igata_dynamodb.cli import dynamodb
 
 

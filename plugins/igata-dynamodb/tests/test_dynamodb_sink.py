@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from igata_core.components import ErrorOutcome, RunContext
 from igata_dynamodb.layout import Layout
 from igata_dynamodb.sink import DynamoDbSink
 from igata_dynamodb.tables import TableProblem
-
-from igata_core.components import ErrorOutcome, RunContext
 
 
 def error_outcome(

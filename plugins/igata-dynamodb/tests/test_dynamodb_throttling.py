@@ -11,10 +11,10 @@ import math
 from typing import Any
 
 import pytest
-from igata_dynamodb.batch import MAX_BATCH, Backoff, UnprocessedItemsError, batch_write, chunks
-from igata_dynamodb.sink import DynamoDbSink, DynamoDbWriteError
 
 from igata_core.components import RunContext
+from igata_dynamodb.batch import MAX_BATCH, Backoff, UnprocessedItemsError, batch_write, chunks
+from igata_dynamodb.sink import DynamoDbSink, DynamoDbWriteError
 
 
 class ThrottledClient:

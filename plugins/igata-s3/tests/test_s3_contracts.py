@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from igata_s3.sinks import S3CsvSink, S3JsonlSink
-from igata_s3.source import S3Source
 
 from igata_core.components import Sink, Source
 from igata_core.testing.contracts import SinkContract, SourceContract
+from igata_s3.sinks import S3CsvSink, S3JsonlSink
+from igata_s3.source import S3Source
 
 OUT = "contract-out"
 

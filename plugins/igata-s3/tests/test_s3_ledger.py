@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from igata_core.components import Envelope
 from igata_s3 import ledger as ledger_module
 from igata_s3.client import s3_client
 from igata_s3.ledger import LocalLedger, S3Ledger
 from igata_s3.source import S3Source
-
-from igata_core.components import Envelope
 
 
 def _source(options: dict[str, Any]) -> S3Source:

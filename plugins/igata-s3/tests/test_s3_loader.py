@@ -4,11 +4,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
+from igata_core.components import RecordError, RunContext
 from igata_s3.client import clear_clients, s3_client
 from igata_s3.loader import S3Loader
 from igata_s3.uris import InvalidS3Uri
-
-from igata_core.components import RecordError, RunContext
 
 
 def test_loads_bytes_and_object_meta(s3: Any, bucket: str) -> None:

@@ -8,12 +8,12 @@ import json
 from typing import Any
 
 import pytest
-from igata_s3 import sinks as sinks_module
-from igata_s3.sinks import S3CsvSink, S3JsonlSink
 
 from igata_core.components import RECORD_ID_KEY, RECORD_INPUT_KEY, RunContext
 from igata_core.options import OptionsError
 from igata_core.plugins import build_registry
+from igata_s3 import sinks as sinks_module
+from igata_s3.sinks import S3CsvSink, S3JsonlSink
 
 
 def _records(n: int, start: int = 0) -> list[dict[str, Any]]:

@@ -4,11 +4,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from igata_s3.source import S3Source, split_inputs
 
 from igata_core.components import Envelope, ServiceUnavailable
 from igata_core.options import OptionsError
 from igata_core.plugins import build_registry
+from igata_s3.source import S3Source, split_inputs
 
 
 def _opened(options: dict[str, Any]) -> S3Source:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from igata_s3.uris import InvalidS3Uri, S3Location, format_uri, parse_uri
 
 

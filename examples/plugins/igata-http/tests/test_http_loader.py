@@ -7,10 +7,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from igata_http.loader import HttpLoader
-from igata_http.transport import HostAllowList, NotAllowed, _TimedHTTPConnection
 
 from igata_core import RecordError
+from igata_http.loader import HttpLoader
+from igata_http.transport import HostAllowList, NotAllowed, _TimedHTTPConnection
 
 if TYPE_CHECKING:
     from conftest import LocalServer

@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from igata_http import plugin
-
 from igata_core import HOOK_API_VERSION, Envelope, Item, Option, PredictorBase, Source
 from igata_core.plugins import build_registry
 from igata_core.testing import run_pipeline
+from igata_http import plugin
 
 if TYPE_CHECKING:
     from conftest import LocalServer

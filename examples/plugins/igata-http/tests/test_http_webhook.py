@@ -7,10 +7,10 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from igata_http.webhook import WebhookRefused, WebhookSink, WebhookUnavailable
 
 from igata_core import Sink
 from igata_core.testing.contracts import SinkContract
+from igata_http.webhook import WebhookRefused, WebhookSink, WebhookUnavailable
 
 if TYPE_CHECKING:
     from conftest import LocalServer

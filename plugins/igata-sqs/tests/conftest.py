@@ -1,0 +1,218 @@
+"""Fixtures of the igata-sqs tests: queues, images on S3 and predictors, on a moto server."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["igata_core.testing"]
+
+TESTS = Path(__file__).parent
+
+# Worker subprocesses import the predictors by module name; in-process runs do the same.
+if "sqs_predictors" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("sqs_predictors", TESTS / "sqs_predictors.py")
+    assert _spec is not None and _spec.loader is not None
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules["sqs_predictors"] = _module
+    _spec.loader.exec_module(_module)
+
+
+def make_jpeg(width: int = 8, height: int = 6) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+class Queues:
+    """Creates queues (with dead-letter queues), sends requests, reads results."""
+
+    def __init__(self, sqs: Any):
+        self.sqs = sqs
+        self.dead_letter: dict[str, str] = {}
+
+    def create(
+        self,
+        name: str = "requests",
+        *,
+        visibility: int = 2,
+        max_receive: int | None = None,
+        fifo: bool = False,
+    ) -> str:
+        attributes = {"VisibilityTimeout": str(visibility)}
+        if fifo:
+            name += ".fifo"
+            attributes["FifoQueue"] = "true"
+        if max_receive is not None:
+            dlq_name = name.replace(".fifo", "") + "-dlq" + (".fifo" if fifo else "")
+            dlq = self.sqs.create_queue(
+                QueueName=dlq_name, Attributes={"FifoQueue": "true"} if fifo else {}
+            )["QueueUrl"]
+            arn = self.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": arn, "maxReceiveCount": max_receive}
+            )
+        url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        if max_receive is not None:
+            self.dead_letter[url] = dlq
+        return url
+
+    def send(self, url: str, body: Any, **kwargs: Any) -> str:
+        text = body if isinstance(body, str) else json.dumps(body)
+        return self.sqs.send_message(QueueUrl=url, MessageBody=text, **kwargs)["MessageId"]
+
+    def drain(self, url: str) -> list[dict[str, Any]]:
+        """Receive and delete every visible message; returns the messages."""
+        messages: list[dict[str, Any]] = []
+        while True:
+            batch = self.sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                MessageAttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+            ).get("Messages", [])
+            if not batch:
+                return messages
+            messages += batch
+            self.sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+                ],
+            )
+
+    def results(self, url: str) -> list[dict[str, Any]]:
+        return [json.loads(m["Body"]) for m in self.drain(url)]
+
+    def counts(self, url: str) -> tuple[int, int]:
+        """(visible, in flight)."""
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=url,
+            AttributeNames=[
+                "ApproximateNumberOfMessages",
+                "ApproximateNumberOfMessagesNotVisible",
+            ],
+        )["Attributes"]
+        return (
+            int(attributes["ApproximateNumberOfMessages"]),
+            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+        )
+
+    def wait_for(self, url: str, visible: int, timeout: float = 5.0) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.counts(url)
+            if counts[0] >= visible or time.monotonic() > deadline:
+                return counts
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def sqs(aws: Any) -> Any:
+    return aws.client("sqs")
+
+
+@pytest.fixture
+def queues(sqs: Any) -> Queues:
+    return Queues(sqs)
+
+
+@pytest.fixture
+def images(aws: Any) -> Any:
+    """``images(n)``: n small JPEGs in bucket ``images``; returns their s3:// URIs."""
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="images")
+    data = make_jpeg()
+
+    def put(n: int, prefix: str = "img") -> list[str]:
+        uris = []
+        for i in range(n):
+            key = f"{prefix}/{i}.jpg"
+            s3.put_object(Bucket="images", Key=key, Body=data)
+            uris.append(f"s3://images/{key}")
+        return uris
+
+    return put
+
+
+def image_requests(uris: list[str], **extra: Any) -> list[dict[str, Any]]:
+    """Requests in the original image format, one per URI."""
+    return [
+        {"collection_id": "events:1", "image_id": f"images:{i}", "s3_uri": uri, **extra}
+        for i, uri in enumerate(uris)
+    ]
+
+
+@pytest.fixture
+def closed_port_url() -> str:
+    """An http URL on a loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def requests_for() -> Any:
+    """``requests_for(uris, **extra)``: image-format requests, one per URI."""
+    return image_requests
+
+
+@pytest.fixture
+def make_source(aws: Any) -> Any:
+    """``make_source(queue_url, cls=SqsSource, **options)``: an opened source, closed after."""
+    from igata_sqs.source import SqsSource
+
+    made: list[Any] = []
+
+    def make(queue_url: str, cls: Any = SqsSource, **options: Any) -> Any:
+        options.setdefault("wait_time_seconds", 1)
+        source = cls({"queue_url": queue_url, **options})
+        made.append(source)
+        source.open()
+        return source
+
+    yield make
+    for source in made:
+        source.close()
+
+
+class Recorder:
+    """Wraps a boto3 client and records the calls the tests care about."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.events: list[tuple[str, dict[str, Any], Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def call(**kwargs: Any) -> Any:
+            result = method(**kwargs)
+            self.events.append((name, kwargs, result))
+            return result
+
+        return call
+
+
+@pytest.fixture
+def recorder() -> Any:
+    return Recorder
+
+
+@pytest.fixture
+def jpeg() -> Any:
+    """``jpeg(width, height)``: the bytes of a small JPEG."""
+    return make_jpeg
