@@ -16,7 +16,6 @@ from decimal import Decimal
 from typing import Any
 
 import igata_dynamodb  # noqa: F401  (the benchmark is skipped when the plugin is missing)
-
 from benchmarks.harness import BenchContext, Measurement, benchmark
 from igata_core import Envelope, Item, PredictorBase, Source
 
@@ -153,10 +152,10 @@ def _igata(requests: list[dict[str, Any]], registry: Any) -> float:
 @benchmark("dynamodb", "results -> dynamodb sink vs hand-written boto3")
 def dynamodb_sink(ctx: BenchContext) -> list[Measurement]:
     import boto3
-    from igata_dynamodb.layout import Layout
-    from igata_dynamodb.tables import Capacity, create_tables
 
     from igata_core.plugins import build_registry
+    from igata_dynamodb.layout import Layout
+    from igata_dynamodb.tables import Capacity, create_tables
 
     ctx.local_aws()
     create_tables(boto3.client("dynamodb"), Layout(REQUESTS_TABLE, RESULTS_TABLE), Capacity())

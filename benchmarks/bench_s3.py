@@ -17,7 +17,6 @@ from typing import Any
 # Fails the module import (the harness reports the benchmark as skipped) when the plugin
 # is not installed.
 import igata_s3  # noqa: F401
-
 from benchmarks.harness import BenchContext, Measurement, benchmark
 from benchmarks.images import decode_rgb
 from benchmarks.predictors import NoopPredictor
