@@ -31,7 +31,8 @@ def _install_everything(session: nox.Session, *extra: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite: core, plugins, end to end (moto server on loopback)."""
-    _install_everything(session, "hypothesis", "scikit-learn", "psutil", "pytest-xdist")
+    # ruff: the scaffold tests lint the plugins they generate.
+    _install_everything(session, "hypothesis", "scikit-learn", "psutil", "pytest-xdist", "ruff")
     paths = ["tests"] + [f"{path}/tests" for path in PLUGINS + EXAMPLE_PLUGINS]
     session.run("pytest", "-n", "2", "--dist", "loadfile", *paths, *session.posargs)
 
