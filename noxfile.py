@@ -66,7 +66,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
-    """The main job end to end on the embedded local default (no cloud account needed)."""
+    """The main job end to end: an SQS -> DynamoDB worker job on a local AWS (moto server)."""
     _install_everything(session, "scikit-learn")
     session.run("python", "-m", "examples.demo", *session.posargs)
 

@@ -1,1 +1,2 @@
-"""Example predictors for igata and the local demo (``python -m examples.demo``)."""
+"""Example predictors for igata and the demos (python -m examples.demo: the SQS -> DynamoDB
+job on a local AWS; python -m examples.demo_local: local files)."""

@@ -1,17 +1,14 @@
-"""The digits example: model, PNG writer, predictor on engine-decoded images, and the demo."""
+"""The digits example: model, PNG writer, predictor on engine-decoded images (the demos:
+test_examples_demo.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from examples import demo
 from examples.digits import (
     MODEL_PATH_ENV,
     DigitsPredictor,
@@ -29,8 +26,6 @@ from examples.digits import (
 from igata_core import RecordError
 from igata_core.builtins.decoders import ImageDecoder
 from igata_core.testing import run_pipeline
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -261,78 +256,3 @@ def test_engine_runs_the_predictor_in_batches(split, model_path, tmp_path):
         p: d["label"] for p, d in direct.items()
     }
     assert all(r["result"][0]["valid_number"] == str(r["label"]) for r in records)
-
-
-# -- the demo ---------------------------------------------------------------------------------
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-
-
-def _outputs(tmp_path: Path, split, labels_given: dict[int, int] | None = None):
-    expected = write_test_pngs(tmp_path / "images", 20, split=split)
-    bad = write_bad_inputs(tmp_path / "images")
-    labels_given = labels_given or {}
-    predictions = [
-        {"igata_input": str(p), "label": labels_given.get(i, label), "confidence": 0.9}
-        for i, (p, label) in enumerate(expected.items())
-    ]
-    errors = [{"input": str(p), "stage": "decode", "error_type": "RecordError"} for p in bad]
-    return expected, bad, predictions, errors
-
-
-def test_demo_check_accepts_the_expected_outputs(tmp_path, split):
-    expected, bad, predictions, errors = _outputs(tmp_path, split)
-    _write_jsonl(tmp_path / "p.jsonl", predictions)
-    _write_jsonl(tmp_path / "e.jsonl", errors)
-    check = demo.check_outputs(expected, bad, tmp_path / "p.jsonl", tmp_path / "e.jsonl")
-    assert check.problems == []
-    assert (check.predictions, check.accuracy) == (20, 1.0)
-
-
-def test_demo_check_reports_missing_wrong_and_unexpected_outputs(tmp_path, split):
-    wrong = {i: 9 if label != 9 else 8 for i, label in enumerate(split.test_labels[:20])}
-    expected, bad, predictions, errors = _outputs(tmp_path, split, wrong)
-    _write_jsonl(tmp_path / "p.jsonl", [*predictions[1:], predictions[2]])
-    _write_jsonl(tmp_path / "e.jsonl", errors[:1])
-    check = demo.check_outputs(expected, bad, tmp_path / "p.jsonl", tmp_path / "e.jsonl")
-    text = "\n".join(check.problems)
-    assert "no prediction for 1 of 20" in text
-    assert "two predictions for" in text
-    assert "accuracy 0.000 is below 0.85" in text
-    assert "expected exactly ['bad-corrupt.png', 'bad-truncated.png']" in text
-
-    check = demo.check_outputs(expected, bad, tmp_path / "none.jsonl", tmp_path / "e.jsonl")
-    assert "igata wrote no none.jsonl" in check.problems
-
-
-def test_demo_refuses_a_workdir_with_foreign_images(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "holiday.png").write_bytes(b"x")
-    with pytest.raises(demo.DemoError, match=r"holiday\.png"):
-        demo.prepare_images_dir(images)
-    assert (images / "holiday.png").exists()
-
-
-def test_demo_runs_igata_end_to_end(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "examples.demo", "--workdir", str(tmp_path), "--count", "100"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    assert "demo OK" in done.stdout
-    assert "igata exited with 1" in done.stdout
-    predictions = (tmp_path / "predictions.jsonl").read_text().splitlines()
-    errors = [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()]
-    assert len(predictions) == 100
-    assert sorted(Path(e["input"]).name for e in errors) == ["bad-corrupt.png", "bad-truncated.png"]
-    assert {e["stage"] for e in errors} == {"decode"}
