@@ -1,4 +1,4 @@
-"""The igata-sqs plugin: registers the ``sqs`` and ``sqs-csv`` sources and the ``sqs`` sink.
+"""The igata-sqs plugin: the ``sqs`` and ``sqs-csv`` sources, the ``sqs`` sink, ``igata replay``.
 
 Registered through the entry point ``[project.entry-points.igata] sqs = "igata_sqs.plugin"``.
 Importing this module imports no AWS library (``igata --help`` stays fast).
@@ -25,3 +25,10 @@ def register_sources(register: Callable[[Any], None]) -> None:
 @hookimpl
 def register_sinks(register: Callable[[Any], None]) -> None:
     register(SqsSink)
+
+
+@hookimpl
+def register_commands(register: Callable[[Any], None]) -> None:
+    from igata_sqs.replay import replay
+
+    register(replay)
