@@ -31,7 +31,7 @@ def _install_everything(session: nox.Session, *extra: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite: core, plugins, end to end (moto server on loopback)."""
-    # ruff: the scaffold tests lint the plugins they generate.
+    # The scaffold tests lint the plugins they generate with ruff.
     _install_everything(session, "hypothesis", "scikit-learn", "psutil", "pytest-xdist", "ruff")
     paths = ["tests"] + [f"{path}/tests" for path in PLUGINS + EXAMPLE_PLUGINS]
     session.run("pytest", "-n", "2", "--dist", "loadfile", *paths, *session.posargs)
@@ -76,3 +76,10 @@ def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines run side by side (see docs/benchmarks.md)."""
     _install_everything(session, "scikit-learn", "psutil")
     session.run("python", "-m", "benchmarks.run", *session.posargs)
+
+
+@nox.session(python=PYTHON, name="s3-conformance")
+def s3_conformance(session: nox.Session) -> None:
+    """igata-s3's tests and the digits over S3 against Ceph's RADOS Gateway (checks signatures)."""
+    _install_everything(session, "scikit-learn")
+    session.run("bash", "scripts/s3-conformance.sh", *session.posargs, external=True)

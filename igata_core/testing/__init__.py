@@ -5,7 +5,12 @@ Fixtures:
 * ``local_aws`` (session): moto in server mode on a free loopback port; this process's
   environment points every boto3 client at it (``AWS_ENDPOINT_URL``, fake credentials,
   region ``us-east-1``). ``local_aws.env()`` is the environment for a worker subprocess.
-* ``aws`` (function): the same endpoint, emptied before the test (moto's reset API).
+  With ``IGATA_TEST_S3_ENDPOINT``, ``IGATA_TEST_S3_ACCESS_KEY`` and
+  ``IGATA_TEST_S3_SECRET_KEY`` set, S3 goes to that endpoint with those keys instead (a
+  strict S3 such as Ceph's gateway, see docs/s3-conformance.md); SQS, SNS and DynamoDB stay
+  on moto.
+* ``aws`` (function): the same endpoint, emptied before the test (moto's reset API; on an
+  external S3, every bucket of its user is deleted).
 * ``fault_proxy`` (function): a fault-injecting TCP proxy in front of ``local_aws``
   (modes ``pass``, ``refuse``, ``reset``, ``delay``, ``blackhole``), see
   :mod:`igata_core.testing.proxy`.
@@ -22,6 +27,7 @@ import pytest
 
 from igata_core.testing.aws import LocalAws, local_aws_environment, start_local_aws
 from igata_core.testing.proxy import fault_proxy
+from igata_core.testing.rgw import ExternalS3Aws, external_s3_from_env
 from igata_core.testing.run import RunResult, run_pipeline
 
 __all__ = ["LocalAws", "RunResult", "fault_proxy", "run_pipeline"]
@@ -29,7 +35,11 @@ __all__ = ["LocalAws", "RunResult", "fault_proxy", "run_pipeline"]
 
 @pytest.fixture(scope="session")
 def local_aws() -> Iterator[LocalAws]:
+    # Checked before moto starts: a half-set or remote IGATA_TEST_S3_* is an error at once.
+    external_s3 = external_s3_from_env()
     aws = start_local_aws()
+    if external_s3 is not None:
+        aws = ExternalS3Aws(aws, external_s3)
     try:
         with local_aws_environment(aws):
             yield aws

@@ -43,6 +43,11 @@ class LocalAws:
         self.url = url
         self._server = server
 
+    @property
+    def s3_url(self) -> str:
+        """The S3 endpoint (the same server, unless S3 goes elsewhere: ExternalS3Aws)."""
+        return self.url
+
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (a worker) that should use this endpoint."""
         return {**FAKE_AWS_ENV, "AWS_ENDPOINT_URL": self.url}

@@ -175,10 +175,12 @@ def test_original_s3_endpoint_variable_is_honoured(
 ) -> None:
     aws.client("s3").create_bucket(Bucket="endpoint-test")
     aws.client("s3").put_object(Bucket="endpoint-test", Key="k.txt", Body=b"via S3_ENDPOINT")
+    s3_url = aws.s3_url
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    monkeypatch.setenv("S3_ENDPOINT", aws.url)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("S3_ENDPOINT", s3_url)
     client = s3_client()
-    assert client.meta.endpoint_url == aws.url
+    assert client.meta.endpoint_url == s3_url
     assert S3Loader().load("s3://endpoint-test/k.txt").data == b"via S3_ENDPOINT"
 
 
@@ -187,6 +189,7 @@ def test_unreachable_endpoint_is_reported_as_unavailable(
 ) -> None:
     from igata_core.components import ServiceUnavailable
 
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: refused
     loader = S3Loader({"max_attempts": 1, "connect_timeout": 0.5})
     with pytest.raises(ServiceUnavailable) as raised:

@@ -151,7 +151,7 @@ def test_the_original_environment_variables_drive_a_cli_run(
                       PREDICTOR_MODULE="shapepred",
                       PREDICTOR_CLASS_NAME="ShapePredictor")  # fmt: skip
     # The original's endpoint variable instead of AWS_ENDPOINT_URL.
-    env["S3_ENDPOINT"] = env.pop("AWS_ENDPOINT_URL")
+    env["S3_ENDPOINT"] = env.pop("AWS_ENDPOINT_URL_S3", None) or env.pop("AWS_ENDPOINT_URL")
     done = subprocess.run(
         [sys.executable, "-m", "igata_core", "-q", "run",
          f"s3://{bucket}/a.jpg,s3://{bucket}/b.jpg"],
