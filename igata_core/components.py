@@ -47,6 +47,15 @@ class ServiceUnavailable(Exception):
     """
 
 
+class ConfigurationError(Exception):
+    """A service refuses what the options ask for (a key too long, a table keyed otherwise).
+
+    Permanent: retrying cannot help until the configuration changes. Raised by a sink's
+    ``open``/``put_records``/``flush`` or a loader, it stops the run at once with exit code 2
+    and nothing unwritten acknowledged.
+    """
+
+
 @dataclass
 class Item:
     """One record to predict, as a source describes it.

@@ -32,6 +32,7 @@ from typing import IO, Any
 from igata_core.components import (
     RECORD_ID_KEY,
     RECORD_INPUT_KEY,
+    ConfigurationError,
     Envelope,
     ErrorOutcome,
     Item,
@@ -218,16 +219,16 @@ class Pipeline:
             except Exception:
                 log.exception("source %r: stop failed", self.source.name)
 
-    def _fail_run(self, reason: str, *, abort: bool) -> None:
-        """Stop with exit code 3.
+    def _fail_run(self, reason: str, *, abort: bool, exit_code: int = EXIT_UNAVAILABLE) -> None:
+        """Stop with exit code 3 (a service unavailable) or 2 (a configuration error).
 
         ``abort`` (the sink is down): drop in-flight work unacknowledged at once. Otherwise
         (the source is down) finish in-flight work, flush and ack as in a graceful stop.
         """
         with self._lock:
-            first = self.summary.exit_code != EXIT_UNAVAILABLE
-            self.summary.exit_code = EXIT_UNAVAILABLE
+            first = self.summary.exit_code not in (EXIT_UNAVAILABLE, EXIT_USAGE)
             if first:
+                self.summary.exit_code = exit_code
                 self.summary.reason = reason
             if abort:
                 self._abort.set()
@@ -380,6 +381,10 @@ class Pipeline:
                 self._ready.put(work)
                 return
             except StageError as exc:
+                if isinstance(exc.cause, ConfigurationError):
+                    self._fail_run(f"input misconfigured: {exc.cause}", abort=True,
+                                   exit_code=EXIT_USAGE)  # fmt: skip
+                    return
                 if not isinstance(exc.cause, ServiceUnavailable):
                     self._ready.put(
                         self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
@@ -591,6 +596,10 @@ class Pipeline:
     def _write(self) -> None:
         try:
             self.sink.open()
+        except ConfigurationError as exc:
+            self._fail_run(f"sink {self.sink.name!r} is misconfigured: {exc}", abort=True,
+                           exit_code=EXIT_USAGE)  # fmt: skip
+            return
         except Exception as exc:
             self._fail_run(
                 f"sink {self.sink.name!r} could not be opened: {type(exc).__name__}: {exc}",
@@ -695,18 +704,21 @@ class Pipeline:
         return rejected
 
     def _retry_sink(self, attempt: Callable[[], None]) -> bool:
+        """Run ``attempt`` until it succeeds; False when the run was stopped instead."""
         delay = 0.2
         deadline: float | None = None
         while True:
             try:
                 attempt()
-                if not self._sink_ok.is_set():
-                    log.info("sink %r: writing again; resuming intake", self.sink.name)
-                    self.metrics.sink_healthy(True)
-                    if not self._stopping.is_set():
-                        self.health.set_ready(True, "taking input")
-                self._sink_ok.set()
-                return True
+            except ConfigurationError as exc:
+                # Retrying cannot help: stop at once, with nothing unwritten acknowledged.
+                self._fail_run(
+                    f"sink {self.sink.name!r} is misconfigured: {exc}; stopping without "
+                    "acknowledging unwritten input",
+                    abort=True,
+                    exit_code=EXIT_USAGE,
+                )
+                return False
             except Exception as exc:
                 now = time.monotonic()
                 if deadline is None:
@@ -731,6 +743,14 @@ class Pipeline:
                 )  # fmt: skip
                 time.sleep(min(delay, max(0.0, deadline - now)))
                 delay = min(delay * 2, 10.0)
+                continue
+            if not self._sink_ok.is_set():
+                log.info("sink %r: writing again; resuming intake", self.sink.name)
+                self.metrics.sink_healthy(True)
+                if not self._stopping.is_set():
+                    self.health.set_ready(True, "taking input")
+            self._sink_ok.set()
+            return True
 
     def _report_failures(self, failures: list[_Failure]) -> None:
         for failure in failures:

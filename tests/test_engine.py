@@ -384,3 +384,22 @@ def test_a_long_input_outage_stops_with_exit_3_and_settles_nothing(tmp_path):
     assert result.exit_code == 3
     assert "input unavailable for 1 s" in result.summary["reason"]
     assert source.acked == [] and source.nacked == []
+
+
+def test_a_sink_configuration_error_stops_at_once_with_exit_2_and_settles_nothing():
+    from igata_core import ConfigurationError
+
+    class MisconfiguredSink(RecordingSink):
+        def flush(self) -> None:
+            self.flush_calls += 1
+            raise ConfigurationError("the table is keyed by 'id', not 'request_id'")
+
+    source = ListSource(data_envelopes(range(5)))
+    sink = MisconfiguredSink()
+    started = time.monotonic()
+    result = run_pipeline(source, sink, EchoPredictor, sink_retry_budget=30)
+    assert time.monotonic() - started < 5  # not retried for the budget
+    assert result.exit_code == 2
+    assert "is misconfigured: the table is keyed by 'id'" in result.summary["reason"]
+    assert sink.flush_calls == 1
+    assert source.acked == [] and source.nacked == []

@@ -36,6 +36,8 @@ log = logging.getLogger("igata.s3.ledger")
 
 #: Lines per S3 segment object before a new one is started.
 SEGMENT_RECORDS = 10_000
+#: The segment number the key-length check assumes: a billion acks in one run.
+LONGEST_SEGMENT = 99_999
 
 
 def _digest(identity: str, etag: str) -> bytes:
@@ -144,7 +146,7 @@ class S3Ledger(Ledger):
         super().__init__(location, run_id)
         parsed: S3Location = parse_uri(location, allow_prefix=True)
         self.bucket = parsed.bucket
-        self.prefix = parsed.key.rstrip("/") + "/" if parsed.key.strip("/") else ""
+        self.prefix = _segment_prefix(parsed)
         self._client = client
         self._flush_records = flush_records
         self._flush_seconds = flush_seconds
@@ -156,7 +158,7 @@ class S3Ledger(Ledger):
         self._closed = False
 
     def segment_key(self, number: int) -> str:
-        return f"{self.prefix}{self.run_id}-{number:05d}.jsonl"
+        return _segment_key(self.prefix, self.run_id, number)
 
     def open(self) -> None:
         client = self._client()
@@ -225,6 +227,19 @@ class S3Ledger(Ledger):
                 return
             self._closed = True
             self._write_or_warn()
+
+
+def _segment_prefix(location: S3Location) -> str:
+    return location.key.rstrip("/") + "/" if location.key.strip("/") else ""
+
+
+def _segment_key(prefix: str, run_id: str, number: int) -> str:
+    return f"{prefix}{run_id}-{number:05d}.jsonl"
+
+
+def longest_segment_key(location: S3Location, run_id: str) -> str:
+    """The longest segment key an S3 ledger at ``location`` writes (checked before any I/O)."""
+    return _segment_key(_segment_prefix(location), run_id, LONGEST_SEGMENT)
 
 
 def open_ledger(

@@ -103,7 +103,11 @@ class S3Loader(Loader):
             response = self.client.get_object(**request)
         except bx.ClientError as exc:
             raise describe_client_error(
-                exc, uri=uri, bucket=location.bucket, key=location.key
+                exc,
+                uri=uri,
+                bucket=location.bucket,
+                key=location.key,
+                version_id=location.version_id,
             ) from None
         except (bx.BotoCoreError, OSError) as exc:
             raise describe_transport_error(exc, uri=uri) from exc
@@ -121,10 +125,7 @@ class S3Loader(Loader):
         try:
             data = body.read()
         except (bx.BotoCoreError, OSError) as exc:
-            raise S3RecordError(
-                f"{uri}: the connection broke while reading the object body ({exc}); the "
-                "record can be retried"
-            ) from None
+            raise describe_transport_error(exc, uri=uri) from exc
         finally:
             body.close()
         return Loaded(data, object_meta(location, response, size))

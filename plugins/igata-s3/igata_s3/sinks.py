@@ -35,13 +35,23 @@ from igata_core.components import RECORD_ID_KEY, Rejection, RunContext, Sink
 from igata_core.options import Option, OptionsError
 from igata_core.serialize import NotSerializable, dumps
 from igata_s3.client import ClientSettings, s3_client
-from igata_s3.uris import bucket_problem, format_uri
+from igata_s3.errors import (
+    CLOCK_SKEW,
+    KEY_REFUSED,
+    S3ConfigurationError,
+    clock_skew_error,
+    error_code,
+)
+from igata_s3.uris import MAX_KEY_BYTES, abbreviate, bucket_problem, format_uri
 
 log = logging.getLogger("igata.s3.sink")
 
 MIB = 1 << 20
 #: Parts larger than this are sent as multipart uploads (S3's minimum part is 5 MiB).
 MULTIPART_THRESHOLD = 8 * MIB
+#: The part number the key-length check assumes: one part per second for three years
+#: (part_max_uploads=1 and a 1 s flush interval), far beyond any real run.
+LONGEST_PART = 99_999_999
 
 
 def _sink_options(extension: str) -> tuple[Option, ...]:
@@ -146,13 +156,16 @@ class _S3PartSink(Sink):
             problems.append(f"option 'bucket': {why}")
         self.run_id = self.context.run_id or _new_run_id()
         self._template = self.opts["key_template"]
+        self._gzip = bool(self.opts["gzip"])
         try:
-            sample = self._template.format(run_id=self.run_id, date="2000-01-01", part=0)
-            if self._template.format(run_id=self.run_id, date="2000-01-01", part=1) == sample:
+            sample = self._render(0, "2000-01-01")
+            if self._render(1, "2000-01-01") == sample:
                 problems.append(
                     f"option 'key_template' {self._template!r} has no "
                     "{part} field: every part would overwrite the previous one"
                 )
+            else:
+                problems += self._key_length_problems()
         except (KeyError, IndexError, ValueError) as exc:
             problems.append(
                 f"option 'key_template' {self._template!r} is not a "
@@ -161,7 +174,6 @@ class _S3PartSink(Sink):
         if problems:
             raise OptionsError(problems)
         self.bucket = bucket
-        self._gzip = bool(self.opts["gzip"])
         self._settings = ClientSettings(
             connect_timeout=self.opts["connect_timeout"],
             read_timeout=self.opts["read_timeout"],
@@ -173,6 +185,9 @@ class _S3PartSink(Sink):
         self._part: _Part | None = None
         self._next_part = 0
         self._closed = False
+        # Set when S3 refused a part's key: that key cannot change, so every later flush
+        # fails at once instead of sending the same refused upload again.
+        self._refused: str | None = None
         #: Keys of the part objects written so far, in order.
         self.keys: list[str] = []
 
@@ -197,13 +212,29 @@ class _S3PartSink(Sink):
             log.debug("%s: cannot check bucket %s (%s)", self.name, self.bucket, code)
 
     def part_key(self, number: int) -> str:
-        date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+        return self._render(number, dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"))
+
+    def _render(self, number: int, date: str) -> str:
         key = self.opts["prefix"] + self._template.format(
             run_id=self.run_id, date=date, part=number
         )
         if self._gzip and not key.endswith(".gz"):
             key += ".gz"
         return key
+
+    def _key_length_problems(self) -> list[str]:
+        """S3 refuses keys over 1024 bytes at the first flush: say so before any I/O."""
+        longest = self._render(LONGEST_PART, "2000-01-01")
+        size = len(longest.encode("utf-8"))
+        if size <= MAX_KEY_BYTES:
+            return []
+        prefix_size = len(self.opts["prefix"].encode("utf-8"))
+        return [
+            f"options 'prefix' and 'key_template': part keys would be up to {size} bytes "
+            f"({abbreviate(longest)!r}; the prefix is {prefix_size} bytes, the rest "
+            f"{size - prefix_size}), over S3's limit of {MAX_KEY_BYTES} bytes (UTF-8); "
+            "shorten the prefix or the key_template"
+        ]
 
     # -- what subclasses provide ---------------------------------------------------------
 
@@ -238,7 +269,14 @@ class _S3PartSink(Sink):
         return rejections
 
     def flush(self) -> None:
-        """Upload the current part so far; return only when S3 has it."""
+        """Upload the current part so far; return only when S3 has it.
+
+        Raises :class:`S3ConfigurationError` when S3 refuses the part's key (too long):
+        permanent, again at every later call; ``ServiceUnavailable`` when S3 refuses the
+        worker's clock; botocore's errors otherwise (retried by the engine).
+        """
+        if self._refused is not None:
+            raise S3ConfigurationError(self._refused)
         if self._pending:
             current = self._current_part()
             text = "".join(self._pending)
@@ -268,6 +306,7 @@ class _S3PartSink(Sink):
 
     def _upload(self, part: _Part) -> None:
         from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import ClientError
 
         tail = part.tail()
         spool = part.spool
@@ -293,6 +332,15 @@ class _S3PartSink(Sink):
                     max_concurrency=4,
                 ),
             )
+        except ClientError as exc:
+            code = error_code(exc)
+            if code in KEY_REFUSED:
+                self._refused = self._key_refused(part, code)
+                raise S3ConfigurationError(self._refused) from exc
+            if code == CLOCK_SKEW:
+                where = format_uri(self.bucket, part.key)
+                raise clock_skew_error(exc, doing=f"the upload of {where}") from exc
+            raise
         finally:
             # Take the stream's end off again: the next flush continues the stream.
             spool.truncate(part.size)
@@ -303,6 +351,21 @@ class _S3PartSink(Sink):
         log.debug("s3: uploaded %s (%d records, %d bytes, upload %d)",
                   format_uri(self.bucket, part.key), part.records, part.size + len(tail),
                   part.uploads)  # fmt: skip
+
+    def _key_refused(self, part: _Part, code: str) -> str:
+        size = len(part.key.encode("utf-8"))
+        why = (
+            f"the key is {size} bytes, over S3's limit of {MAX_KEY_BYTES}"
+            if size > MAX_KEY_BYTES
+            else "S3 does not accept this key"
+        )
+        return (
+            f"{self.name}: S3 refused to write part {part.number} to "
+            f"s3://{self.bucket}/{abbreviate(part.key)} ({code}): {why}. This is a "
+            "configuration error, not an outage; retrying cannot help: shorten or fix the "
+            f"sink options 'prefix' and 'key_template' ({self._template!r}). Records not "
+            "written are not acknowledged"
+        )
 
     def close(self) -> None:
         if self._closed:

@@ -18,9 +18,16 @@ from igata_core.components import Envelope, Item, RunContext, ServiceUnavailable
 from igata_core.options import Option, OptionsError
 from igata_s3.client import s3_client
 from igata_s3.errors import S3RecordError, describe_client_error, error_code
-from igata_s3.ledger import Ledger, open_ledger
+from igata_s3.ledger import Ledger, longest_segment_key, open_ledger
 from igata_s3.loader import ALLOWED_BUCKETS_OPTION, CLIENT_OPTIONS, check_allowed, client_settings
-from igata_s3.uris import InvalidS3Uri, S3Location, format_uri, parse_uri
+from igata_s3.uris import (
+    MAX_KEY_BYTES,
+    InvalidS3Uri,
+    S3Location,
+    abbreviate,
+    format_uri,
+    parse_uri,
+)
 
 log = logging.getLogger("igata.s3.source")
 
@@ -110,6 +117,13 @@ class S3Source(Source):
                 raise OptionsError([
                     f"option 'ledger': {ledger!r} names no ledger inside the bucket "
                     "(e.g. s3://bucket/ledgers/job-1)"
+                ])  # fmt: skip
+            segment = longest_segment_key(where, self.context.run_id or "run")
+            if len(segment.encode("utf-8")) > MAX_KEY_BYTES:
+                raise OptionsError([
+                    f"option 'ledger': its segment objects' keys would be up to "
+                    f"{len(segment.encode('utf-8'))} bytes ({abbreviate(segment)!r}), over "
+                    f"S3's limit of {MAX_KEY_BYTES}; use a shorter ledger name"
                 ])  # fmt: skip
         self._ledger_location = ledger
         self._ledger: Ledger | None = None

@@ -20,6 +20,8 @@ from igata_core.components import RecordError
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 _VERSION_SUFFIX = re.compile(r"\?versionId=([^&#?/]+)$")
+#: S3's limit on an object key, in bytes of its UTF-8 encoding.
+MAX_KEY_BYTES = 1024
 # Characters that must be escaped for a formatted URI to parse back to the same key.
 _ESCAPE = str.maketrans({"%": "%25", "?": "%3F", "#": "%23"})
 
@@ -94,8 +96,10 @@ def parse_uri(text: str, *, allow_prefix: bool = False) -> S3Location:
         )
     if version_id and (not key or key.endswith("/")):
         raise InvalidS3Uri(f"invalid S3 URI {text!r}: a versionId needs an object key")
-    if len(key.encode("utf-8")) > 1024:
-        raise InvalidS3Uri(f"invalid S3 URI {text[:80]!r}…: key is longer than S3's 1024 bytes")
+    if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+        raise InvalidS3Uri(
+            f"invalid S3 URI {text[:80]!r}…: key is longer than S3's {MAX_KEY_BYTES} bytes"
+        )
     return S3Location(bucket, key, version_id)
 
 
@@ -105,3 +109,10 @@ def format_uri(bucket: str, key: str, version_id: str | None = None) -> str:
     if version_id:
         uri += f"?versionId={quote(version_id, safe='')}"
     return uri
+
+
+def abbreviate(key: str, keep: int = 40) -> str:
+    """A long key shortened for messages: its start and its end, which tell keys apart."""
+    if len(key) <= 2 * keep + 1:
+        return key
+    return f"{key[:keep]}…{key[-keep:]}"

@@ -41,6 +41,34 @@ def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (8
 
 
 @pytest.fixture
+def strict_s3(aws: Any) -> None:
+    """Skip unless S3 is a strict external S3 (``python -m igata_core.testing.rgw``).
+
+    For tests of what moto accepts and AWS and Ceph's RADOS Gateway refuse (skewed clocks,
+    keys over 1024 bytes); narrow tests with injected responses cover the same code on moto.
+    """
+    from igata_core.testing.rgw import ExternalS3Aws
+
+    if not isinstance(aws, ExternalS3Aws):
+        pytest.skip("moto accepts this request; run scripts/s3-conformance.sh (Ceph RGW)")
+
+
+@pytest.fixture
+def skewed_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """From the call on, botocore signs requests with a clock 20 minutes slow."""
+    import datetime as dt
+
+    import botocore.auth
+
+    def slow_clock() -> None:
+        now = botocore.auth.get_current_datetime
+        monkeypatch.setattr(botocore.auth, "get_current_datetime",
+                            lambda *a, **k: now(*a, **k) - dt.timedelta(minutes=20))  # fmt: skip
+
+    return slow_clock
+
+
+@pytest.fixture
 def make_image() -> Callable[..., bytes]:
     return image_bytes
 
@@ -53,15 +81,23 @@ class _RawBody:
         yield self._body
 
 
-def error_response(status: int, code: str, message: str = "injected") -> Any:
-    """An S3 error response as botocore would receive it over HTTP."""
+def error_response(status: int, code: str, message: str = "injected",
+                   fields: dict[str, str] | None = None,
+                   headers: dict[str, str] | None = None) -> Any:  # fmt: skip
+    """An S3 error response as botocore would receive it over HTTP.
+
+    ``fields``: more elements of the ``<Error>`` body (AWS's ``ServerTime``…); ``headers``:
+    more HTTP headers (RGW's ``Date``).
+    """
     from botocore.awsrequest import AWSResponse
 
+    extra = "".join(f"<{name}>{value}</{name}>" for name, value in (fields or {}).items())
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        f"<Error><Code>{code}</Code><Message>{message}</Message>{extra}</Error>"
     ).encode()
-    return AWSResponse("http://injected", status, {"Content-Type": "application/xml"},
+    return AWSResponse("http://injected", status,
+                       {"Content-Type": "application/xml", **(headers or {})},
                        _RawBody(body))  # fmt: skip
 
 
@@ -77,7 +113,8 @@ class Injector:
         self._registered: list[tuple[Any, str, Any]] = []
 
     def fail(self, client: Any, operation: str, status: int, code: str,
-             times: int | None = None) -> None:  # fmt: skip
+             times: int | None = None, **response: Any) -> None:  # fmt: skip
+        """``response``: ``message``, ``fields``, ``headers`` of :func:`error_response`."""
         state = {"left": times}
 
         def handler(**_: Any) -> Any:
@@ -86,7 +123,7 @@ class Injector:
                 if state["left"] <= 0:
                     return None
                 state["left"] -= 1
-            return error_response(status, code)
+            return error_response(status, code, **response)
 
         event = f"before-send.s3.{operation}"
         client.meta.events.register(event, handler)

@@ -5,8 +5,9 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import RecordError, RunContext
+from igata_core.components import RecordError, RunContext, ServiceUnavailable
 from igata_s3.client import clear_clients, s3_client
+from igata_s3.errors import clock_skew_seconds
 from igata_s3.loader import S3Loader
 from igata_s3.uris import InvalidS3Uri
 
@@ -63,11 +64,56 @@ def test_missing_bucket_is_a_precise_record_error(aws: Any) -> None:
 
 
 def test_missing_version_is_a_precise_record_error(s3: Any, bucket: str) -> None:
+    # moto answers NoSuchVersion, Ceph's RADOS Gateway NoSuchKey: the same message for both.
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")
     with pytest.raises(RecordError) as raised:
         S3Loader().load(f"s3://{bucket}/k.jpg?versionId=nope")
-    assert "version" in str(raised.value).lower()
+    assert str(raised.value) == (
+        f"s3://{bucket}/k.jpg?versionId=nope: no such version 'nope' of s3://{bucket}/k.jpg"
+    )
+
+
+@pytest.mark.parametrize(("status", "code"), [(404, "NoSuchKey"), (404, "NoSuchVersion")])
+def test_missing_version_whatever_s3_calls_it(
+    s3: Any, bucket: str, inject: Any, status: int, code: str
+) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", status, code)
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/dir/k.jpg?versionId=3HL4kqtJlcpXroDTDmJ%2Brmsq")
+    message = str(raised.value)
+    assert message.endswith(
+        f": no such version '3HL4kqtJlcpXroDTDmJ+rmsq' of s3://{bucket}/dir/k.jpg"
+    )
+    assert "end the URI with '/'" not in message
+    assert raised.value.code == code  # type: ignore[attr-defined]
+
+
+def test_malformed_version_id_is_named(s3: Any, bucket: str, inject: Any) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", 400, "InvalidArgument",
+                message="Invalid version id specified")  # fmt: skip
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/k.jpg?versionId=nope")
+    assert str(raised.value) == (
+        f"s3://{bucket}/k.jpg?versionId=nope: S3 refused version id 'nope' of "
+        f"s3://{bucket}/k.jpg (InvalidArgument: Invalid version id specified); version ids "
+        "are the VersionId values S3 returns"
+    )
+
+
+def test_missing_key_without_a_version_keeps_the_prefix_hint(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", 404, "NoSuchKey")
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/photos")
+    assert str(raised.value) == (
+        f"s3://{bucket}/photos: no such key 'photos' in bucket '{bucket}'; to read every "
+        "object under a prefix, end the URI with '/'"
+    )
 
 
 def test_invalid_uri_is_a_record_error_before_any_request(aws: Any, inject: Any) -> None:
@@ -106,6 +152,60 @@ def test_throttling_that_persists_is_a_record_error(s3: Any, bucket: str, inject
         loader.load(f"s3://{bucket}/k.jpg")
     assert "S3 throttled the request (SlowDown) after 2 attempts" in str(raised.value)
     assert inject.calls["GetObject"] == 2
+
+
+def test_clock_skew_is_the_workers_trouble_not_the_records(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    loader = S3Loader()
+    # AWS's answer: the request's and the server's time in the body.
+    inject.fail(loader.client, "GetObject", 403, "RequestTimeTooSkewed",
+                message="The difference between the request time and the current time is "
+                "too large.",
+                fields={"RequestTime": "20240501T115000Z",
+                        "ServerTime": "2024-05-01T12:10:00Z",
+                        "MaxAllowedSkewMilliseconds": "900000"})  # fmt: skip
+    with pytest.raises(ServiceUnavailable) as raised:
+        loader.load(f"s3://{bucket}/k.jpg")
+    assert not isinstance(raised.value, RecordError)
+    assert str(raised.value) == (
+        f"s3: S3 refused reading s3://{bucket}/k.jpg because the request was signed with a "
+        "time too far from S3's clock (RequestTimeTooSkewed; this worker's clock is 20 "
+        "minutes behind S3's); check the worker's clock and its time synchronisation (NTP: "
+        "e.g. `timedatectl status`, `chronyc tracking`)"
+    )
+    assert inject.calls["GetObject"] == 1, "botocore does not retry a refused clock"
+
+
+@pytest.mark.parametrize(
+    ("response", "skew"),
+    [
+        # AWS: both times in the error body.
+        ({"Error": {"RequestTime": "20240501T123000Z", "ServerTime": "2024-05-01T12:10:00Z"}},
+         1200.0),
+        # RGW: only the Date header, compared with this worker's clock.
+        ({"ResponseMetadata": {"HTTPHeaders": {"date": "Wed, 01 May 2024 12:10:00 GMT"}}},
+         -1200.0),
+        ({"Error": {"Code": "RequestTimeTooSkewed"}}, None),
+        ({"ResponseMetadata": {"HTTPHeaders": {"date": "yesterday"}}}, None),
+    ],
+)  # fmt: skip
+def test_clock_skew_is_measured_from_what_s3_says(response: dict[str, Any],
+                                                  skew: float | None) -> None:  # fmt: skip
+    now = dt.datetime(2024, 5, 1, 11, 50, tzinfo=dt.UTC).timestamp()
+    assert clock_skew_seconds(response, now=now) == skew
+
+
+def test_clock_skew_on_a_strict_s3(
+    s3: Any, bucket: str, strict_s3: None, skewed_clock: Any
+) -> None:
+    s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")
+    skewed_clock()
+    with pytest.raises(ServiceUnavailable) as raised:
+        S3Loader().load(f"s3://{bucket}/k.jpg")
+    message = str(raised.value)
+    assert f"S3 refused reading s3://{bucket}/k.jpg" in message
+    assert "(RequestTimeTooSkewed" in message and "NTP" in message
 
 
 def test_object_over_the_limit_is_refused_before_its_body_is_read(
@@ -187,8 +287,6 @@ def test_original_s3_endpoint_variable_is_honoured(
 def test_unreachable_endpoint_is_reported_as_unavailable(
     aws: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from igata_core.components import ServiceUnavailable
-
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: refused
     loader = S3Loader({"max_attempts": 1, "connect_timeout": 0.5})

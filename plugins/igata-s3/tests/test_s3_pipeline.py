@@ -208,3 +208,94 @@ def test_a_worker_killed_mid_run_leaves_only_complete_objects(
     assert 0 < len(rows) < 60, "killed mid-way"
     assert len({r["igata_id"] for r in rows}) == len(rows)
     assert s3.list_multipart_uploads(Bucket=out_bucket).get("Uploads", []) == []
+
+
+def test_a_prefix_too_long_for_s3_keys_is_a_usage_error_of_the_cli(
+    aws: Any, s3: Any, bucket: str, out_bucket: str, make_image: Any, tmp_path: Path
+) -> None:
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=make_image("JPEG"))
+    done = subprocess.run(
+        [sys.executable, "-m", "igata_core", "-q", "run", "--source", "s3", "--sink", "s3-jsonl",
+         "--sink-opt", f"bucket={out_bucket}", "--sink-opt", f"prefix={'p' * 1000}/",
+         "--predictor", "shapepred:ShapePredictor", f"s3://{bucket}/a.jpg"],
+        env=_worker_env(aws, tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "error: sink 's3-jsonl': options 'prefix' and 'key_template': part keys would be" in (
+        done.stderr
+    )
+    assert "over S3's limit of 1024 bytes (UTF-8)" in done.stderr
+    assert s3.list_objects_v2(Bucket=out_bucket).get("KeyCount") == 0
+
+
+def _refused_key_run(bucket: str, out_bucket: str, sink: Any, tmp_path: Path) -> Any:
+    ledger = tmp_path / "ledger.jsonl"
+    result = run_pipeline("s3", sink, ShapePredictor, inputs=[f"s3://{bucket}/a.jpg"],
+                          source_options={"ledger": str(ledger)}, sink_retry_budget=0.5,
+                          flush_interval=0.05)  # fmt: skip
+    assert result.exit_code == 2  # a configuration error: stopped at once, not retried
+    assert result.summary["written"] == 0
+    assert not ledger.exists() or ledger.read_text() == "", "nothing unwritten is acked"
+    return result
+
+
+def test_a_part_key_s3_refuses_stops_the_run_with_the_reason(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any, inject: Any, tmp_path: Path
+) -> None:
+    from igata_s3.sinks import S3JsonlSink
+
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=make_image("JPEG"))
+    sink = S3JsonlSink({"bucket": out_bucket})
+    inject.fail(sink.client, "PutObject", 400, "KeyTooLongError")
+    result = _refused_key_run(bucket, out_bucket, sink, tmp_path)
+    reason = result.summary["reason"]
+    assert result.exit_code == 2  # a configuration error: stopped at once, not retried
+    assert reason.startswith("sink 's3-jsonl' is misconfigured:")
+    assert "(KeyTooLongError): S3 does not accept this key. This is a configuration error" in (
+        reason
+    )
+    assert inject.calls["PutObject"] == 1, "the engine's retries do not resend a refused key"
+
+
+def test_a_part_key_over_1024_bytes_stops_the_run_on_a_strict_s3(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any, strict_s3: None, tmp_path: Path
+) -> None:
+    from igata_s3.sinks import S3JsonlSink
+
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=make_image("JPEG"))
+    sink = S3JsonlSink({"bucket": out_bucket})
+    sink.part_key = lambda number: "k" * 1100 + f"-{number}"  # type: ignore[method-assign]
+    result = _refused_key_run(bucket, out_bucket, sink, tmp_path)
+    assert "the key is 1102 bytes, over S3's limit of 1024" in result.summary["reason"]
+    assert s3.list_objects_v2(Bucket=out_bucket).get("KeyCount") == 0
+
+
+def _skewed_run(bucket: str, out_bucket: str) -> Any:
+    result = run_pipeline("s3", "s3-jsonl", ShapePredictor, inputs=[f"s3://{bucket}/a.jpg"],
+                          sink_options={"bucket": out_bucket}, load_retry_budget=1.0)  # fmt: skip
+    assert result.exit_code == 3
+    assert result.summary["failed"] == 0, "no record is failed for the worker's clock"
+    assert result.outcomes == []
+    reason = result.summary["reason"]
+    assert reason.startswith("input unavailable for 1 s: s3: S3 refused reading ")
+    assert "(RequestTimeTooSkewed" in reason and "check the worker's clock" in reason
+    return result
+
+
+def test_a_refused_clock_pauses_loads_then_stops_the_run(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any, inject: Any
+) -> None:
+    from igata_s3.client import s3_client
+
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=make_image("JPEG"))
+    inject.fail(s3_client(), "GetObject", 403, "RequestTimeTooSkewed")
+    _skewed_run(bucket, out_bucket)
+    assert inject.calls["GetObject"] > 1, "loads are retried within --load-retry-budget"
+
+
+def test_a_refused_clock_stops_the_run_on_a_strict_s3(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any, strict_s3: None, skewed_clock: Any
+) -> None:
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=make_image("JPEG"))
+    skewed_clock()
+    _skewed_run(bucket, out_bucket)

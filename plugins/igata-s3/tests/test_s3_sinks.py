@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import RECORD_ID_KEY, RECORD_INPUT_KEY, RunContext
+from igata_core.components import RECORD_ID_KEY, RECORD_INPUT_KEY, RunContext, ServiceUnavailable
 from igata_core.options import OptionsError
 from igata_core.plugins import build_registry
 from igata_s3 import sinks as sinks_module
+from igata_s3.errors import S3ConfigurationError
 from igata_s3.sinks import S3CsvSink, S3JsonlSink
 
 
@@ -291,3 +292,137 @@ def test_a_bucket_the_worker_may_not_list_is_checked_at_the_first_upload(
     sink.put_records(_records(1))
     sink.close()
     assert list(_objects(s3, out_bucket)) == ["run-1/part-00000.csv"]
+
+
+# The default template after a run id of 5 characters, with the longest part number the
+# check assumes: "run-1/part-99999999.jsonl".
+_LONGEST_DEFAULT_KEY = 25
+
+
+@pytest.mark.parametrize(
+    ("options", "longest"),
+    [
+        ({"prefix": "p" * (1024 - _LONGEST_DEFAULT_KEY + 1)}, 1025),
+        ({"prefix": "p" * (1024 - _LONGEST_DEFAULT_KEY - 3 + 1), "gzip": True}, 1025),
+        # 334 characters, 1002 bytes of UTF-8: S3 counts bytes.
+        ({"prefix": "日" * 334}, 1002 + _LONGEST_DEFAULT_KEY),
+        ({"key_template": "{run_id}/" + "t" * 1010 + "/{part}.jsonl"}, 1031),
+    ],
+)
+def test_keys_over_s3s_limit_are_a_usage_error_before_any_io(
+    options: dict[str, Any], longest: int
+) -> None:
+    with pytest.raises(OptionsError) as raised:
+        S3JsonlSink({"bucket": "ok-bucket", **options}, RunContext(run_id="run-1"))
+    (problem,) = raised.value.problems
+    assert problem.startswith(
+        f"options 'prefix' and 'key_template': part keys would be up to {longest} bytes ("
+    )
+    assert problem.endswith(
+        "over S3's limit of 1024 bytes (UTF-8); shorten the prefix or the key_template"
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"prefix": "p" * (1024 - _LONGEST_DEFAULT_KEY)},
+        {"prefix": "p" * (1024 - _LONGEST_DEFAULT_KEY - 3), "gzip": True},
+        {"prefix": "日" * 333},
+    ],
+)
+def test_keys_up_to_s3s_limit_are_accepted(options: dict[str, Any]) -> None:
+    sink = S3JsonlSink({"bucket": "ok-bucket", **options}, RunContext(run_id="run-1"))
+    assert len(sink.part_key(99_999_999).encode("utf-8")) <= 1024
+
+
+def test_a_key_of_exactly_1024_bytes_is_written(s3: Any, out_bucket: str) -> None:
+    prefix = "p" * (1024 - _LONGEST_DEFAULT_KEY)
+    sink = _sink(S3JsonlSink, out_bucket, prefix=prefix,
+                 key_template="{run_id}/part-{part:08d}.jsonl")  # fmt: skip
+    sink.put_records(_records(1))
+    sink.close()
+    assert list(_objects(s3, out_bucket)) == [f"{prefix}run-1/part-00000000.jsonl"]
+    assert len(sink.keys[0].encode()) == 1024
+
+
+@pytest.mark.parametrize("code", ["KeyTooLongError", "InvalidObjectName"])
+def test_a_part_key_s3_refuses_is_a_configuration_error_sent_once(
+    s3: Any, out_bucket: str, inject: Any, code: str
+) -> None:
+    # AWS says KeyTooLongError, Ceph's RADOS Gateway InvalidObjectName.
+    sink = _sink(S3CsvSink, out_bucket, prefix="results/")
+    inject.fail(sink.client, "PutObject", 400, code)
+    sink.put_records(_records(2))
+    with pytest.raises(S3ConfigurationError) as raised:
+        sink.flush()
+    assert str(raised.value) == (
+        f"s3-csv: S3 refused to write part 0 to s3://{out_bucket}/results/run-1/part-00000.csv "
+        f"({code}): S3 does not accept this key. This is a configuration error, not an "
+        "outage; retrying cannot help: shorten or fix the sink options 'prefix' and "
+        "'key_template' ('{run_id}/part-{part:05d}.csv'). Records not written are not "
+        "acknowledged"
+    )
+    sink.put_records(_records(1, start=2))
+    for _ in range(2):
+        with pytest.raises(S3ConfigurationError, match=code):
+            sink.flush()
+    assert inject.calls["PutObject"] == 1, "a refused key is not sent again"
+    assert _objects(s3, out_bucket) == {}
+
+
+def _too_long_key(number: int) -> str:
+    # Past the constructor's check: a key S3 itself must refuse.
+    return "k" * 1090 + f"/part-{number:05d}.jsonl"
+
+
+def test_a_key_over_1024_bytes_says_so(s3: Any, out_bucket: str, inject: Any) -> None:
+    sink = _sink(S3JsonlSink, out_bucket)
+    sink.part_key = _too_long_key  # type: ignore[method-assign]
+    inject.fail(sink.client, "PutObject", 400, "KeyTooLongError")
+    sink.put_records(_records(1))
+    with pytest.raises(S3ConfigurationError) as raised:
+        sink.flush()
+    message = str(raised.value)
+    assert f"s3-jsonl: S3 refused to write part 0 to s3://{out_bucket}/{'k' * 40}…" in message
+    assert "(KeyTooLongError): the key is 1107 bytes, over S3's limit of 1024." in message
+
+
+def test_a_key_over_1024_bytes_on_a_strict_s3(s3: Any, out_bucket: str, strict_s3: None) -> None:
+    sink = _sink(S3JsonlSink, out_bucket)
+    sink.part_key = _too_long_key  # type: ignore[method-assign]
+    sink.put_records(_records(1))
+    with pytest.raises(S3ConfigurationError) as raised:
+        sink.flush()
+    assert "the key is 1107 bytes, over S3's limit of 1024" in str(raised.value)
+    assert _objects(s3, out_bucket) == {}
+
+
+def test_a_refused_clock_is_the_workers_trouble_and_retried(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    inject.fail(sink.client, "PutObject", 403, "RequestTimeTooSkewed", times=1)
+    records = _records(3)
+    sink.put_records(records)
+    with pytest.raises(ServiceUnavailable) as raised:
+        sink.flush()
+    message = str(raised.value)
+    assert message.startswith(
+        f"s3: S3 refused the upload of s3://{out_bucket}/run-1/part-00000.csv because the "
+        "request was signed with a time too far from S3's clock (RequestTimeTooSkewed"
+    )
+    assert "check the worker's clock and its time synchronisation (NTP" in message
+    sink.flush()  # the clock was fixed: the retried flush sends everything
+    sink.close()
+    assert _csv_rows(_objects(s3, out_bucket)["run-1/part-00000.csv"]) == _as_text(records)
+
+
+def test_a_refused_clock_on_a_strict_s3(
+    s3: Any, out_bucket: str, strict_s3: None, skewed_clock: Any
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    sink.put_records(_records(1))
+    skewed_clock()
+    with pytest.raises(ServiceUnavailable, match=r"\(RequestTimeTooSkewed"):
+        sink.flush()

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import Envelope, ServiceUnavailable
+from igata_core.components import Envelope, RunContext, ServiceUnavailable
 from igata_core.options import OptionsError
 from igata_core.plugins import build_registry
 from igata_s3.source import S3Source, split_inputs
@@ -156,6 +156,18 @@ def test_listing_throttled_beyond_retries_stops_as_unavailable(
     assert "S3 is throttling or unavailable" in str(raised.value)
 
 
+def test_listing_with_a_refused_clock_stops_as_unavailable(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    source = _opened({"inputs": [f"s3://{bucket}/p/"]})
+    inject.fail(source.client, "ListObjectsV2", 403, "RequestTimeTooSkewed")
+    with pytest.raises(ServiceUnavailable) as raised:
+        list(source.envelopes())
+    message = str(raised.value)
+    assert message.startswith(f"s3: S3 refused listing s3://{bucket}/p/ because the request")
+    assert "(RequestTimeTooSkewed)" in message and "NTP" in message
+
+
 def test_total_beyond_count_limit_is_unknown(s3: Any, bucket: str) -> None:
     _put_many(s3, bucket, [f"{i}.jpg" for i in range(5)])
     assert _opened({"inputs": [f"s3://{bucket}/"], "count_limit": 4}).total() is None
@@ -180,10 +192,16 @@ def test_no_inputs_is_a_usage_error() -> None:
 
 @pytest.mark.parametrize(
     ("ledger", "problem"),
-    [("s3://B/ledger", "bucket name 'B' is invalid"), ("s3://bucket/", "names no ledger")],
-)
+    [
+        ("s3://B/ledger", "bucket name 'B' is invalid"),
+        ("s3://bucket/", "names no ledger"),
+        # 1010 bytes pass as a URI; "/run-1-99999.jsonl" after them does not.
+        ("s3://bucket/" + "l" * 1010,
+         "its segment objects' keys would be up to 1028 bytes ("),
+    ],
+)  # fmt: skip
 def test_invalid_s3_ledger_is_a_usage_error(ledger: str, problem: str) -> None:
     with pytest.raises(OptionsError) as raised:
-        S3Source({"inputs": ["s3://bucket/"], "ledger": ledger})
+        S3Source({"inputs": ["s3://bucket/"], "ledger": ledger}, RunContext(run_id="run-1"))
     assert "option 'ledger'" in str(raised.value)
     assert problem in str(raised.value)
