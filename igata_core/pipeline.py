@@ -328,6 +328,9 @@ class Pipeline:
                         return
         except _Aborted:
             pass
+        except ConfigurationError as exc:
+            self._fail_run(f"source {self.source.name!r} is misconfigured: {exc}", abort=False,
+                           exit_code=EXIT_USAGE)  # fmt: skip
         except ServiceUnavailable as exc:
             self._fail_run(f"source {self.source.name!r} unavailable: {exc}", abort=False)
         except Exception as exc:

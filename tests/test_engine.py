@@ -403,3 +403,18 @@ def test_a_sink_configuration_error_stops_at_once_with_exit_2_and_settles_nothin
     assert "is misconfigured: the table is keyed by 'id'" in result.summary["reason"]
     assert sink.flush_calls == 1
     assert source.acked == [] and source.nacked == []
+
+
+def test_a_source_configuration_error_stops_with_exit_2_after_settling_what_it_gave():
+    from igata_core import ConfigurationError
+
+    class MisconfiguredSource(ListSource):
+        def envelopes(self) -> Any:
+            yield from super().envelopes()
+            raise ConfigurationError("queue is FIFO but message_group_field is not set")
+
+    source = MisconfiguredSource(data_envelopes(range(3)))
+    result = run_pipeline(source, RecordingSink(), EchoPredictor)
+    assert result.exit_code == 2
+    assert "source 'list-source' is misconfigured: queue is FIFO" in result.summary["reason"]
+    assert sorted(source.acked) == ["env-0", "env-1", "env-2"]
