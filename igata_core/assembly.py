@@ -144,6 +144,11 @@ def assemble(registry: Registry, request: RunRequest) -> Assembly:
         concurrency=values.get("concurrency") or 8,
         chunk_size=values.get("chunk_size") or 15,
         run_id=new_run_id(),
+        prefetch=Settings(
+            concurrency=values.get("concurrency") or 8,
+            batch_size=values.get("batch_size") or 16,
+            prefetch=values.get("prefetch") or 0,
+        ).window(),
     )
 
     # The original read only S3; local paths given without a source mean the files source.

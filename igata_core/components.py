@@ -158,6 +158,9 @@ class RunContext:
     concurrency: int = 8
     chunk_size: int = 15
     run_id: str = ""
+    #: Records the engine loads ahead of the predictor: a queue source should not take
+    #: (and hold) much more than this from a queue other workers share.
+    prefetch: int = 32
 
 
 class Component:

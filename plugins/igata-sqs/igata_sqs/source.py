@@ -89,6 +89,10 @@ def source_options(default_format: str) -> tuple[Option, ...]:
                "or in-flight ones (0: run until stopped)."),
         Option("max_messages", "int", default=0, minimum=0,
                help="Stop cleanly after taking this many messages (0: no limit)."),
+        Option("receive_batch_size", "int", default=0, minimum=0,
+               help="Messages asked for per receive, 1-10 (0: enough to fill the engine's "
+               "prefetch window, judged by the requests per message seen so far, so that "
+               "workers sharing a short queue split it evenly)."),
         Option("sns_topic_field", default="sns_topic_arn",
                help="Request field naming the SNS topic for its completion notice.",
                env=("REQUEST_SNS_TOPIC_ARN_FIELDNAME",)),
@@ -120,11 +124,15 @@ class SqsSource(Source):
         super().__init__(options, context)
         opts = self.opts
         check_queue_url(opts["queue_url"], "sqs source: queue_url")
+        self._messages_seen = 0
+        self._requests_seen = 0
         if not 0 <= opts["wait_time_seconds"] <= MAX_WAIT_SECONDS:
             raise ValueError(
                 f"wait_time_seconds must be 0-{MAX_WAIT_SECONDS} (SQS's long-poll limit), "
                 f"got {opts['wait_time_seconds']}"
             )
+        if opts["receive_batch_size"] > BATCH_SIZE:
+            raise ValueError(f"receive_batch_size must be 0-{BATCH_SIZE} (SQS's limit)")
         for key in ("visibility_timeout", "max_retry_delay"):
             if opts[key] > MAX_VISIBILITY:
                 raise ValueError(f"{key} must be at most {MAX_VISIBILITY} s (12 hours)")
@@ -229,7 +237,8 @@ class SqsSource(Source):
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
-                want = BATCH_SIZE if not limit else min(BATCH_SIZE, limit - handed)
+                want = self._receive_size()
+                want = want if not limit else min(want, limit - handed)
                 if want <= 0:
                     log.info("sqs: max_messages (%d) taken; stopping", limit)
                     return
@@ -255,6 +264,15 @@ class SqsSource(Source):
                         break
         finally:
             self._hand_back(self.leases.take_pending(), "stop")
+
+    def _receive_size(self) -> int:
+        """Messages to ask for: a worker holding more than it can start soon would keep
+        them from idle workers on a short queue (and hold them when told to stop)."""
+        fixed = self.opts["receive_batch_size"]
+        if fixed:
+            return min(BATCH_SIZE, fixed)
+        per_message = self._requests_seen / self._messages_seen if self._messages_seen else 1.0
+        return max(1, min(BATCH_SIZE, int(self.context.prefetch / max(per_message, 1.0))))
 
     def _wait_seconds(self, idle_since: float) -> int:
         wait = self.opts["wait_time_seconds"]
@@ -349,6 +367,8 @@ class SqsSource(Source):
             attributes = message.get("Attributes", {})
             count = int(attributes.get("ApproximateReceiveCount", 1))
             envelope = self._envelope(message, count)
+            self._messages_seen += 1
+            self._requests_seen += max(1, len(envelope.items))
             lease = Lease(
                 message_id=message["MessageId"],
                 receipt_handle=message["ReceiptHandle"],

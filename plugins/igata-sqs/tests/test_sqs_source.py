@@ -343,3 +343,42 @@ def test_unreachable_endpoint_is_service_unavailable(queues, make_source, closed
 def test_bad_options_fail_before_any_io(options, message):
     with pytest.raises(ValueError, match=message):
         SqsSource(options)
+
+
+def test_receives_no_more_messages_than_the_engine_can_start_soon(queues, aws):
+    """Workers sharing a short queue split it: a worker holds about its prefetch window."""
+    from igata_core import RunContext
+
+    url = queues.create()
+    queues.send(url, [image(i) for i in range(10)])  # 10 requests a message
+    source = SqsSource({"queue_url": url, "wait_time_seconds": 1}, RunContext(prefetch=20))
+    source.open()
+    try:
+        wanted: list[int] = []
+        receive = source.queue.receive
+
+        def recording_receive(want, *args, **kwargs):
+            wanted.append(want)
+            return receive(want, *args, **kwargs)
+
+        source.queue.receive = recording_receive
+        envelopes = source.envelopes()
+        source.ack([next(envelopes)])
+        for m in range(1, 7):
+            queues.send(url, [image(10 * m + i) for i in range(10)])
+        for _ in range(6):
+            source.ack([next(envelopes)])
+    finally:
+        source.close()
+    # Nothing seen yet: one request a message is assumed (20 -> 10 messages); once messages
+    # of 10 requests were seen, 20 / 10 = 2 messages a receive.
+    assert wanted[0] == 10
+    assert len(wanted) >= 4 and all(want == 2 for want in wanted[1:]), wanted
+
+
+def test_receive_batch_size_fixes_the_receive_size(queues):
+    url = queues.create()
+    with pytest.raises(ValueError, match="receive_batch_size must be 0-10"):
+        SqsSource({"queue_url": url, "receive_batch_size": 11})
+    source = SqsSource({"queue_url": url, "receive_batch_size": 3})
+    assert source._receive_size() == 3
