@@ -119,7 +119,9 @@ def _to_rgb_array(img: Any, np: Any) -> Any:
         gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode == "F":
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
+        # A signalling NaN raises numpy's "invalid value" warning in the cast; NaN is 0 anyway.
+        with np.errstate(invalid="ignore"):
+            values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if mode in ("P", "PA"):
@@ -154,11 +156,23 @@ class CsvDecoder(Decoder):
 
     def __init__(self, options: Any = None, context: Any = None):
         super().__init__(options, context)
+        encoding = self.opts["encoding"]
         try:
-            codecs.lookup(self.opts["encoding"])
+            codecs.lookup(encoding)
         except LookupError:
             raise ValueError(
-                f"csv decoder: unknown encoding {self.opts['encoding']!r} "
+                f"csv decoder: unknown encoding {encoding!r} "
+                "(use a Python codec name such as utf-8 or latin-1)"
+            ) from None
+        try:
+            # bytes.decode refuses bytes-to-bytes codecs (base64, zlib, rot13...) at every
+            # call: refuse them here, before any input is read. (Empty bytes skip the check.)
+            b"a".decode(encoding)
+        except UnicodeError:
+            pass
+        except LookupError:
+            raise ValueError(
+                f"csv decoder: encoding {encoding!r} is not a text encoding "
                 "(use a Python codec name such as utf-8 or latin-1)"
             ) from None
         self._delimiter = delimiter_option(self.opts["delimiter"], "csv decoder")
@@ -167,9 +181,11 @@ class CsvDecoder(Decoder):
         encoding = self.opts["encoding"]
         try:
             text = data.decode(encoding)
-        except UnicodeDecodeError as exc:
+        except UnicodeError as exc:
+            # Most codecs raise UnicodeDecodeError; idna and punycode a bare UnicodeError.
+            where = f"at byte {exc.start}" if isinstance(exc, UnicodeDecodeError) else f"({exc})"
             raise RecordError(
-                f"{ref}: not valid {encoding} text at byte {exc.start} "
+                f"{ref}: not valid {encoding} text {where} "
                 "(set the csv decoder's encoding option, e.g. "
                 "--decoder-opt csv.encoding=latin-1)"
             ) from None

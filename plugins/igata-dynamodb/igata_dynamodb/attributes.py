@@ -5,7 +5,9 @@ item is checked here first and a bad one becomes that record's error instead. Th
 (from the DynamoDB developer guide, "Service, account, and table quotas"):
 
 * numbers: at most 38 significant digits, magnitude between 1E-130 and 9.99…E+125, no NaN
-  or infinity; floats are not accepted at all by boto3 (they become ``Decimal``);
+  or infinity; floats are not accepted at all by boto3 (they become ``Decimal``), nor digits
+  below 1E-165 (boto3's 38-digit context cannot hold them exactly);
+* text: valid UTF-8, so no lone surrogates (JSON's "\\ud800" escapes decode to them);
 * sets: non-empty and of one type;
 * nesting: at most 32 levels of lists and maps;
 * item size: at most 400 KB, counted as the UTF-8 length of attribute names plus values.
@@ -24,6 +26,8 @@ MAX_ITEM_BYTES = 400 * 1024
 MAX_NUMBER_DIGITS = 38
 MAX_NUMBER_EXPONENT = 125
 MIN_NUMBER_EXPONENT = -130
+#: boto3 sends numbers through a context of 38 digits and Emin -128: no digit below 1E-165.
+MIN_DIGIT_EXPONENT = -128 - MAX_NUMBER_DIGITS + 1
 MAX_NESTING = 32
 SEPARATOR = "__"
 
@@ -60,7 +64,24 @@ def check_number(value: Decimal, where: str) -> Decimal:
             f"{where}: {value} is outside DynamoDB's number range (1E-130 to 9.99E+125 in "
             "magnitude)"
         )
+    if exponent < MIN_DIGIT_EXPONENT:
+        raise InvalidAttribute(
+            f"{where}: {value} has digits below 1E{MIN_DIGIT_EXPONENT}, which boto3 cannot "
+            "send exactly (round it, or send it as a string)"
+        )
     return Decimal((sign, tuple(digit_list), exponent))
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` if it is valid UTF-8 (DynamoDB's encoding), else :class:`InvalidAttribute`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidAttribute(
+            f"{where}: text {text[:40]!r} holds a lone surrogate at position {exc.start}, "
+            "which is not valid UTF-8 and DynamoDB cannot store"
+        ) from None
+    return text
 
 
 def float_to_decimal(value: float, precision: int, where: str) -> Decimal:
@@ -102,8 +123,10 @@ def convert(value: Any, precision: int, where: str, depth: int = 0) -> Any:
             value = float(value)
         elif isinstance(value, numpy.str_):
             value = str(value)
-    if value is None or isinstance(value, (bool, str)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, str):
+        return check_text(value, where)
     if isinstance(value, int):
         return check_number(Decimal(value), where)
     if isinstance(value, float):
@@ -118,7 +141,9 @@ def convert(value: Any, precision: int, where: str, depth: int = 0) -> Any:
         raise InvalidAttribute(f"{where}: nested more than {MAX_NESTING} levels deep")
     if isinstance(value, Mapping):
         return {
-            str(key): convert(inner, precision, f"{where}.{key}", depth + 1)
+            check_text(str(key), f"{where}: a key"): convert(
+                inner, precision, f"{where}.{key}", depth + 1
+            )
             for key, inner in value.items()
         }
     if isinstance(value, (list, tuple)):
@@ -168,6 +193,7 @@ def _flatten_into(
             continue
         if not name:
             raise InvalidAttribute("an attribute name is empty")
+        check_text(name, "an attribute name")
         flat[name] = convert(value, precision, f"attribute {name!r}")
 
 

@@ -112,7 +112,14 @@ class RecordMapper:
                 f"dynamodb: {layout.results_key!r} cannot be stored as JSON in the REQUESTS "
                 f"table: {exc}"
             ) from exc
-        update_size = len(request_id.encode()) + len(results_json.encode()) + 200
+        try:
+            update_size = len(request_id.encode()) + len(results_json.encode()) + 200
+        except UnicodeEncodeError as exc:
+            raise InvalidRecord(
+                f"dynamodb: the request id or {layout.results_key!r} holds a lone surrogate "
+                f"({exc.object[exc.start : exc.end]!r}), which is not valid UTF-8 and "
+                "DynamoDB cannot store"
+            ) from None
         if update_size > MAX_ITEM_BYTES - REQUESTS_HEADROOM_BYTES:
             raise InvalidRecord(
                 f"dynamodb: the JSON of {layout.results_key!r} is {len(results_json.encode())} "

@@ -108,14 +108,18 @@ def parse_body(body: str) -> list[Any]:
 
 
 def _loads(text: str, what: str) -> Any:
+    snippet = text[:60] + ("…" if len(text) > 60 else "")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        snippet = text[:60] + ("…" if len(text) > 60 else "")
-        raise BodyError(
-            f"{what} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}): "
-            f"{snippet!r}; expected an array of request objects"
-        ) from None
+        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    except RecursionError:
+        why = "nested too deeply"
+    except ValueError as exc:  # an integer over Python's digit limit for int()
+        why = str(exc).split(":")[0]
+    raise BodyError(
+        f"{what} is not JSON ({why}): {snippet!r}; expected an array of request objects"
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -152,7 +156,10 @@ def _check_uri(field: str, value: Any, fmt: RequestFormat) -> str | None:
     """What is wrong with a URI field's value (None: nothing)."""
     if not isinstance(value, str):
         return f"field {field!r} is a JSON {_json_type(value)}, expected a URI string"
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:  # e.g. an unbalanced '[' in the host ("Invalid IPv6 URL")
+        return f"field {field!r} = {value!r} is not a valid URI ({exc})"
     scheme = parts.scheme.lower()
     if len(scheme) <= 1:
         scheme = "file"  # a bare path (or a drive letter) would be read from local disk
@@ -162,8 +169,12 @@ def _check_uri(field: str, value: Any, fmt: RequestFormat) -> str | None:
             f"field {field!r} = {value!r} uses scheme {scheme!r}, which this worker does not "
             f"follow (allowed_schemes: {allowed})"
         )
-    if scheme == "s3" and (not parts.netloc or not parts.path.strip("/")):
-        return f"field {field!r} = {value!r} is not an s3://BUCKET/KEY URI"
+    if scheme == "s3":
+        # From the text, not urlsplit's path: '?' and '#' belong to S3 keys (s3://b/?x is
+        # the key '?x' for the S3 loader).
+        bucket, _, key = value.strip().partition("://")[2].partition("/")
+        if not bucket or not key.strip("/"):
+            return f"field {field!r} = {value!r} is not an s3://BUCKET/KEY URI"
     return None
 
 
