@@ -40,7 +40,18 @@ class DynamoDbSink(Sink):
     name = "dynamodb"
     aliases = ("DynamodbOutputCtxManager",)
     description = "DynamoDB REQUESTS (state, JSON results) and RESULTS (one item per result)"
-    options: ClassVar[tuple[Option, ...]] = OPTIONS
+    options: ClassVar[tuple[Option, ...]] = (
+        *OPTIONS,
+        # A DynamoDB call answers in milliseconds: short timeouts and few attempts let a
+        # network outage reach the engine's retry budget (and a SIGTERM) in seconds.
+        Option("connect_timeout", "float", default=3.0, minimum=0.1,
+               help="Seconds to wait for a connection to DynamoDB."),
+        Option("read_timeout", "float", default=10.0, minimum=0.1,
+               help="Seconds to wait for a DynamoDB answer."),
+        Option("max_attempts", "int", default=3, minimum=1,
+               help="Attempts per DynamoDB call (botocore's standard retry mode; the engine "
+               "retries failed flushes within --sink-retry-budget on top)."),
+    )  # fmt: skip
 
     def __init__(self, options: Any = None, context: RunContext | None = None):
         super().__init__(options, context)
@@ -73,7 +84,13 @@ class DynamoDbSink(Sink):
 
         from igata_core.awsconfig import client_kwargs, config_kwargs
 
-        config = config_kwargs("dynamodb", max_pool_connections=max_pool_connections)
+        config = config_kwargs(
+            "dynamodb",
+            max_pool_connections=max_pool_connections,
+            connect_timeout=self.opts["connect_timeout"],
+            read_timeout=self.opts["read_timeout"],
+            max_attempts=self.opts["max_attempts"],
+        )
         return boto3.client("dynamodb", **client_kwargs("dynamodb"), config=Config(**config))
 
     def close(self) -> None:

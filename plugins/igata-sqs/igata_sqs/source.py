@@ -168,11 +168,14 @@ class SqsSource(Source):
 
     def open(self) -> None:
         opts = self.opts
-        # The read timeout must outlast the long poll, or every idle receive would fail.
+        # The read timeout must outlast the long poll, or every idle receive would fail; two
+        # attempts, as the receive loop retries by itself (unavailable_after), so that a
+        # network outage is noticed in about a minute, not after five long timeouts.
         client = make_client(
             "sqs",
             endpoint_url=opts["endpoint_url"],
-            read_timeout=opts["wait_time_seconds"] + 15.0,
+            read_timeout=opts["wait_time_seconds"] + 5.0,
+            max_attempts=2,
             # receive, heartbeat, deletes, nacks and hand-backs may all call at once
             pool_size=8,
         )
