@@ -8,7 +8,6 @@ and the s3 loader cost on top of boto3.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,27 +17,13 @@ from typing import Any
 # is not installed.
 import igata_s3  # noqa: F401
 from benchmarks.harness import BenchContext, Measurement, benchmark
-from benchmarks.images import decode_rgb
+from benchmarks.images import decode_rgb, jpeg_images
 from benchmarks.predictors import NoopPredictor
 
 BUCKET = "bench-s3-in"
 PREFIX = "jpegs/"
 OBJECTS = 500
 CONCURRENCY = 8
-
-
-def _jpegs(count: int, size: int = 32) -> list[bytes]:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(7)
-    images = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
 
 
 def _client(pool: int) -> Any:
@@ -80,7 +65,7 @@ def s3_prefix(ctx: BenchContext) -> list[Measurement]:
     aws = ctx.local_aws()
     setup = _client(CONCURRENCY)
     setup.create_bucket(Bucket=BUCKET)
-    images = _jpegs(64)
+    images = jpeg_images(64)
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(
             pool.map(

@@ -29,7 +29,6 @@ The baseline for overlap is a single process doing the same work one step after 
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import os
@@ -48,7 +47,7 @@ import igata_dynamodb  # noqa: F401
 import igata_s3  # noqa: F401
 import igata_sqs  # noqa: F401
 from benchmarks.harness import BenchContext, Measurement, benchmark
-from benchmarks.images import decode_rgb
+from benchmarks.images import decode_rgb, jpeg_images
 from benchmarks.subprocesses import igata_command
 from igata_core.predictor import PredictorBase
 
@@ -93,20 +92,6 @@ class GpuLikePredictor(PredictorBase):
             {"result": [{"label": "object", "score": 0.5, "height": int(record.shape[0])}]}
             for record in input_records
         ]
-
-
-def _jpegs(count: int, size: int = 128) -> list[bytes]:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(7)
-    images = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
 
 
 def _requests(tag: str, count: int) -> list[dict[str, Any]]:
@@ -387,7 +372,7 @@ def scaleout(ctx: BenchContext) -> list[Measurement]:
     sequential_requests = 16 if ctx.quick else 24
     sqs, s3, dynamodb = aws.client("sqs"), aws.client("s3"), aws.client("dynamodb")
     s3.create_bucket(Bucket=BUCKET)
-    for i, image in enumerate(_jpegs(OBJECTS)):
+    for i, image in enumerate(jpeg_images(OBJECTS, size=128)):
         s3.put_object(Bucket=BUCKET, Key=f"img/{i}.jpg", Body=image)
     create_tables(dynamodb, Layout(REQUESTS_TABLE, RESULTS_TABLE), Capacity())
     sequential_url = sqs.create_queue(QueueName="bench-scaleout-sequential")["QueueUrl"]

@@ -14,7 +14,6 @@ the same boto3 calls.
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import time
@@ -27,27 +26,13 @@ from typing import Any
 import igata_s3  # noqa: F401
 import igata_sqs  # noqa: F401
 from benchmarks.harness import BenchContext, Measurement, benchmark
-from benchmarks.images import decode_rgb
+from benchmarks.images import decode_rgb, jpeg_images
 from benchmarks.predictors import NoopPredictor
 
 BUCKET = "bench-sqs-images"
 PER_MESSAGE = 10
 OBJECTS = 250  # distinct objects; requests point at them in turn (each request one GET)
 CONCURRENCY = 8
-
-
-def _jpegs(count: int, size: int = 32) -> list[bytes]:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(11)
-    images = []
-    for _ in range(count):
-        buffer = io.BytesIO()
-        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        Image.fromarray(pixels, "RGB").save(buffer, format="JPEG", quality=90)
-        images.append(buffer.getvalue())
-    return images
 
 
 def _client(service: str, pool: int = 10) -> Any:
@@ -197,7 +182,7 @@ def sqs_worker(ctx: BenchContext) -> list[Measurement]:
 
     s3 = _client("s3", CONCURRENCY + 2)
     s3.create_bucket(Bucket=BUCKET)
-    images = _jpegs(32)
+    images = jpeg_images(32, seed=11)
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(
             pool.map(

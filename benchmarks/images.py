@@ -1,4 +1,4 @@
-"""Benchmark inputs: directories of small PNG images."""
+"""Benchmark inputs: small random PNG and JPEG images."""
 
 from __future__ import annotations
 
@@ -11,6 +11,15 @@ DISTINCT = 64
 
 def png_images(count: int, size: int = 32, seed: int = 0) -> list[bytes]:
     """``count`` distinct random RGB PNGs of ``size``×``size`` pixels."""
+    return random_images(count, size, seed, format="PNG")
+
+
+def jpeg_images(count: int, size: int = 32, seed: int = 7) -> list[bytes]:
+    """``count`` distinct random RGB JPEGs (quality 90) of ``size``×``size`` pixels."""
+    return random_images(count, size, seed, format="JPEG", quality=90)
+
+
+def random_images(count: int, size: int, seed: int, **save: object) -> list[bytes]:
     import numpy as np
     from PIL import Image
 
@@ -19,7 +28,7 @@ def png_images(count: int, size: int = 32, seed: int = 0) -> list[bytes]:
     for _ in range(count):
         pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
         buffer = io.BytesIO()
-        Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+        Image.fromarray(pixels, "RGB").save(buffer, **save)
         images.append(buffer.getvalue())
     return images
 
