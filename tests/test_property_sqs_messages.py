@@ -9,7 +9,6 @@ the message comes back, and it stops the next worker too.
 from __future__ import annotations
 
 import json
-import string
 import sys
 from urllib.parse import urlsplit
 
@@ -201,7 +200,8 @@ buckets = st.from_regex(r"\A[a-z0-9][a-z0-9-]{1,20}[a-z0-9]\Z")
 # "?" and "#" are part of an S3 key (igata_s3.uris: s3://b/what?.jpg is the key what?.jpg).
 keys = st.text(
     st.characters(exclude_categories=("Cs",)) | st.sampled_from("?#%/."), min_size=1, max_size=30
-).filter(lambda key: key.strip("/") and key == key.strip(string.whitespace))
+).filter(lambda key: key.strip("/") and key == key.strip())  # URIs are stripped:
+# Python's strip() removes Unicode whitespace (U+0085, U+2028...), not only ASCII.
 ids = st.text(min_size=1, max_size=20)
 extra_fields = st.dictionaries(
     st.text(max_size=10).filter(lambda name: name not in FIELDS), json_values, max_size=4
