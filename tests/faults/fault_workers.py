@@ -181,7 +181,10 @@ class Job:
         return Counter(str(item.get("state")) for item in self.request_items().values())
 
     def completed(self) -> set[str]:
-        return {rid for rid, item in self.request_items().items() if item["state"] == "completed"}
+        # .get: moto applies an update's SET actions one by one, so a scan that races a
+        # worker's update can see the item before its state is set.
+        items = self.request_items().items()
+        return {rid for rid, item in items if item.get("state") == "completed"}
 
     def counts(self, url: str | None = None) -> tuple[int, int]:
         """(visible, in flight) messages of the queue (default: the request queue)."""
