@@ -5,6 +5,7 @@ The README's two commands for a fresh machine are ``nox -s demo`` and ``nox -s t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -32,9 +33,15 @@ def _install_everything(session: nox.Session, *extra: str) -> None:
 def tests(session: nox.Session) -> None:
     """The whole test suite: core, plugins, end to end (moto server on loopback)."""
     # The scaffold tests lint the plugins they generate with ruff.
-    _install_everything(session, "hypothesis", "scikit-learn", "psutil", "pytest-xdist", "ruff")
+    _install_everything(
+        session, "hypothesis", "scikit-learn", "psutil", "pytest-xdist", "pytest-rerunfailures",
+        "ruff",
+    )  # fmt: skip
     paths = ["tests"] + [f"{path}/tests" for path in PLUGINS + EXAMPLE_PLUGINS]
-    session.run("pytest", "-n", "2", "--dist", "loadfile", *paths, *session.posargs)
+    # In CI, a test that fails once is run once more and reported as "rerun" in the summary:
+    # many tests here wait on real processes and a real server on a 2-core machine.
+    reruns = ["--reruns", "1"] if os.environ.get("CI") else []
+    session.run("pytest", "-n", "2", "--dist", "loadfile", *reruns, *paths, *session.posargs)
 
 
 @nox.session(python=PYTHON)
