@@ -418,3 +418,34 @@ def test_a_source_configuration_error_stops_with_exit_2_after_settling_what_it_g
     assert result.exit_code == 2
     assert "source 'list-source' is misconfigured: queue is FIFO" in result.summary["reason"]
     assert sorted(source.acked) == ["env-0", "env-1", "env-2"]
+
+
+def test_a_nacked_envelope_carries_this_attempts_error_outcomes():
+    class RecordingNacks(ListSource):
+        def nack(self, envelopes):
+            self.outcomes_at_nack = {e.ref: [o.stage for o in e.outcomes] for e in envelopes}
+            super().nack(envelopes)
+
+    source = RecordingNacks(data_envelopes(["a", "bad", "b"]))
+    run_pipeline(source, RecordingSink(), EchoPredictor)  # EchoPredictor fails on "bad"
+    assert source.nacked == ["env-1"]
+    assert source.outcomes_at_nack == {"env-1": ["predict"]}
+
+
+def test_a_loader_configuration_error_stops_at_once_with_exit_2(tmp_path):
+    from igata_core import ConfigurationError
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FOREVER, FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 3)
+    faulty = FaultyLoader(
+        FileLoader(), fail_times=FOREVER, exc=ConfigurationError("bucket policy refuses us")
+    )
+    source = ListSource(_uri_envelopes(paths))
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
+        load_retry_budget=30,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "input misconfigured: bucket policy refuses us" in result.summary["reason"]
+    assert source.acked == [] and source.nacked == []
