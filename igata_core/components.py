@@ -140,10 +140,15 @@ class ErrorOutcome:
 
 @dataclass
 class Rejection:
-    """A sink's refusal of one record passed to ``put_records`` (by its index).
+    """A sink's refusal of one record: the service refused its content, not the sink.
 
     Used for problems of that record alone (a value that cannot be serialised, an item
-    over the store's size limit); the record becomes an error outcome of stage ``sink``.
+    over the store's size limit, characters the service does not carry); the record
+    becomes an error outcome of stage ``sink`` and its envelope goes on through retry and
+    the dead-letter queue like any failed record. Returned by ``put_records`` (``index``:
+    the record's position in that call) or by ``flush`` (``index``: the record's position
+    among all records passed to ``put_records`` since the previous ``flush`` that
+    returned, counting every chunk).
     """
 
     index: int
@@ -194,7 +199,8 @@ class Source(Component):
       for good (delete the message, mark the object done).
     * ``nack(envelopes)``: some record failed: make them come back (visibility reset,
       retry later). igata never re-enqueues by itself.
-    * An envelope neither acked nor nacked (the run aborted) must come back by itself.
+    * An envelope neither acked nor nacked (the run aborted) must come back by itself;
+      ``release(envelopes)`` asks for that to happen at once.
     * ``stop()`` may be called from another thread; ``close()`` is called once at the end
       (it must be safe to call twice).
     """
@@ -217,6 +223,11 @@ class Source(Component):
     def stop(self) -> None:
         """Stop producing envelopes soon (thread-safe)."""
 
+    def release(self, envelopes: Sequence[Envelope]) -> None:
+        """The engine gives these envelopes up unsettled (a fatal error stopped the run):
+        make them available again at once if the source can (SQS: visibility 0), without
+        counting a failure. Default: nothing; they come back when their lease lapses."""
+
     def total(self) -> int | None:
         """The number of envelopes, if the source can tell (for progress and ETA)."""
         return None
@@ -233,9 +244,17 @@ class Sink(Component):
       all (those become error outcomes); any exception means the sink is in trouble.
     * ``put_errors(outcomes)`` (optional) records error outcomes (the DynamoDB sink marks
       the request ``state=error``). File sinks keep results only.
-    * ``flush()`` returns only when everything put so far is durable; only then does igata
-      ack the source. If it raises, what was put stays buffered and a later ``flush()``
-      retries it: the engine retries with backoff and never nacks because the sink is down.
+    * ``flush()`` returns only when everything put so far is durable or refused; only then
+      does igata ack the source. It returns :class:`Rejection` objects for records the
+      service refused when they were written (content refused: that record's error, the
+      others are written). If it raises, what was not yet written stays buffered and a later
+      ``flush()`` retries it (records already written are not sent again; rejections found
+      before the failure are returned by the flush that finally succeeds): the engine
+      retries with backoff and never nacks because the sink is down.
+    * Three kinds of service error (DESIGN.md): content refused -> a :class:`Rejection`;
+      configuration refused (no such queue/table, a key schema that does not match, access
+      denied) -> :class:`ConfigurationError`, best found in ``open()``; an outage
+      (throttling, 5xx, network) -> any other exception, retried by the engine.
     * Writes are keyed by the record identity (``record["igata_id"]``) so a redelivered
       record overwrites instead of duplicating.
     * ``close()`` finishes (an output file is renamed into place) and is safe to call twice.
@@ -252,7 +271,7 @@ class Sink(Component):
     def put_errors(self, outcomes: Sequence[ErrorOutcome]) -> None:
         """Record error outcomes (default: nothing; they are logged by the engine)."""
 
-    def flush(self) -> None:
+    def flush(self) -> Sequence[Rejection] | None:
         raise NotImplementedError
 
     def close(self) -> None:

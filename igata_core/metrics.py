@@ -128,6 +128,7 @@ class Health:
         self._reason = "starting"
         self._beat = time.monotonic()
         self._threads: Callable[[], bool] = lambda: True
+        self._dead: str | None = None
 
     def beat(self) -> None:
         """The predictor loop is making progress (called on every loop turn)."""
@@ -140,7 +141,18 @@ class Health:
     def watch_threads(self, alive: Callable[[], bool]) -> None:
         self._threads = alive
 
+    def set_alive(self, alive: bool, reason: str = "") -> None:
+        """``False``: the engine has stopped for good (a fatal error); liveness fails."""
+        with self._lock:
+            self._dead = None if alive else reason or "stopped"
+        if not alive:
+            self.set_ready(False, reason)
+
     def liveness(self) -> tuple[bool, str]:
+        with self._lock:
+            dead = self._dead
+        if dead is not None:
+            return False, dead
         if not self._threads():
             return False, "an engine thread has died"
         idle = time.monotonic() - self._beat

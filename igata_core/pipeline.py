@@ -14,7 +14,11 @@ Threads:
 Delivery semantics are those of DESIGN.md: ack only after flush; nack after the error
 outcomes are flushed; a failing flush is retried with backoff within a budget while no
 new input is pulled, and exhausting it stops the run (exit code 3) with nothing acked or
-nacked, so the source redelivers.
+nacked, so the source redelivers. A fatal error (a ``BaseException`` that is not an
+``Exception``, such as ``SystemExit`` from user code) on any thread stops intake at once:
+what was already flushed stays settled, nothing unwritten is acked, the envelopes still
+held are released to the source (SQS: visible again at once) and the run ends with exit
+code 4.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ EXIT_OK = 0
 EXIT_FAILED_RECORDS = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_FATAL = 4
 
 
 @dataclass
@@ -180,7 +185,8 @@ class Pipeline:
         self._on_progress = on_progress
         self.metrics = metrics or Metrics()
         self.health = health or Health()
-        self._unsettled = 0  # envelopes taken and not yet acked or nacked
+        # Envelopes taken and not yet acked or nacked, by id: released after a fatal error.
+        self._held: dict[int, Envelope] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._abort = threading.Event()
@@ -219,6 +225,18 @@ class Pipeline:
             except Exception:
                 log.exception("source %r: stop failed", self.source.name)
 
+    def _fatal(self, exc: BaseException, where: str) -> None:
+        """A fatal error (``SystemExit``, ``KeyboardInterrupt`` raised by code, not by a
+        signal) in ``where``: stop intake and abort at once; :meth:`run` releases what is
+        still held and exits with code 4."""
+        reason = f"fatal error in {where}: {type(exc).__name__}: {exc}".rstrip(": ")
+        with self._lock:
+            if self.summary.exit_code != EXIT_FATAL:
+                self.summary.exit_code = EXIT_FATAL
+                self.summary.reason = reason
+        self.health.set_alive(False, reason)
+        self._fail_run(reason, abort=True, exit_code=EXIT_FATAL)
+
     def _fail_run(self, reason: str, *, abort: bool, exit_code: int = EXIT_UNAVAILABLE) -> None:
         """Stop with exit code 3 (a service unavailable) or 2 (a configuration error).
 
@@ -226,7 +244,7 @@ class Pipeline:
         (the source is down) finish in-flight work, flush and ack as in a graceful stop.
         """
         with self._lock:
-            first = self.summary.exit_code not in (EXIT_UNAVAILABLE, EXIT_USAGE)
+            first = self.summary.exit_code not in (EXIT_UNAVAILABLE, EXIT_USAGE, EXIT_FATAL)
             if first:
                 self.summary.exit_code = exit_code
                 self.summary.reason = reason
@@ -271,6 +289,8 @@ class Pipeline:
         self.health.set_ready(True, "taking input")
         try:
             self._predict_loop()
+        except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code
+            self._fatal(exc, f"predictor {type(self.predictor).__name__}")
         finally:
             pool.shutdown(wait=not self._abort.is_set(), cancel_futures=True)
             self._put_out(_DONE, force=True)
@@ -278,6 +298,8 @@ class Pipeline:
             producer.join(timeout=0 if self._abort.is_set() else None)
             if self._errors_file is not None:
                 self._errors_file.close()
+            if self.summary.exit_code == EXIT_FATAL:
+                self._release_held()
             self._close()
         self.summary.seconds = time.monotonic() - started
         if self.summary.exit_code == EXIT_OK and self.summary.failed and self.source.finite:
@@ -287,6 +309,24 @@ class Pipeline:
             self.summary.exit_code = 128 + self._signal
             self.summary.reason = "interrupted before the input was exhausted"
         return self.summary
+
+    def _release_held(self) -> None:
+        """After a fatal error: hand every unsettled envelope back to the source at once, so
+        that other workers take it now instead of after its lease lapses."""
+        with self._lock:
+            held = list(self._held.values())
+            self._held.clear()
+        if not held:
+            return
+        try:
+            self.source.release(held)
+        except Exception as exc:
+            log.error(
+                "source %r: releasing %d unsettled envelope(s) failed: %s: %s; they come back "
+                "when their lease lapses", self.source.name, len(held), type(exc).__name__, exc,
+            )  # fmt: skip
+        else:
+            log.warning("released %d unsettled envelope(s) to the source", len(held))
 
     def _close(self) -> None:
         try:
@@ -338,6 +378,8 @@ class Pipeline:
             self._fail_run(
                 f"source {self.source.name!r} failed: {type(exc).__name__}: {exc}", abort=False
             )
+        except BaseException as exc:  # fatal: stops the run
+            self._fatal(exc, f"source {self.source.name!r}")
         finally:
             self._producer_done.set()
             self._ready.put(None)  # wake the predictor loop
@@ -349,8 +391,8 @@ class Pipeline:
         with self._lock:
             self.summary.envelopes += 1
             self.summary.read += 1 if envelope.error else len(items)
-            self._unsettled += 1
-            self.metrics.in_flight(self._unsettled)
+            self._held[id(envelope)] = envelope
+            self.metrics.in_flight(len(self._held))
         self.metrics.records_read(1 if envelope.error else len(items))
         if envelope.enqueued_at is not None:
             self.metrics.receive_lag(time.time() - envelope.enqueued_at)
@@ -412,8 +454,11 @@ class Pipeline:
                     return
                 # Short cap: the store coming back should be noticed within seconds.
                 delay = min(delay * 2, 2.0)
-            except BaseException as exc:
+            except Exception as exc:
                 self._ready.put(self._outcome(work.ticket, work.item, "load", exc, work))
+                return
+            except BaseException as exc:  # fatal: stops the run
+                self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")
                 return
 
     # -- main thread: the predictor --------------------------------------------------------
@@ -598,6 +643,12 @@ class Pipeline:
 
     def _write(self) -> None:
         try:
+            self._write_loop()
+        except BaseException as exc:  # fatal: stops the run
+            self._fatal(exc, f"sink {self.sink.name!r}")
+
+    def _write_loop(self) -> None:
+        try:
             self.sink.open()
         except ConfigurationError as exc:
             self._fail_run(f"sink {self.sink.name!r} is misconfigured: {exc}", abort=True,
@@ -648,6 +699,7 @@ class Pipeline:
         chunk_size = self.settings.chunk_size
         chunks = [real[i : i + chunk_size] for i in range(0, len(real), chunk_size)]
         state: dict[str, Any] = {"chunks_put": 0, "errors_put": False, "rejected": set()}
+        refused: list[_Failure] = []  # records the service refused at flush time
 
         def attempt() -> None:
             while state["chunks_put"] < len(chunks):
@@ -658,10 +710,31 @@ class Pipeline:
             if failures and not state["errors_put"]:
                 self.sink.put_errors([f.outcome for f in failures])
                 state["errors_put"] = True
-            self.sink.flush()
+            rejections = [
+                rejection
+                for rejection in self.sink.flush() or ()
+                # Indexes count every record put since the last flush: ``real``, in order.
+                if not 0 <= rejection.index < len(real)
+                or id(real[rejection.index]) not in state["rejected"]
+            ]
+            state["rejected"].update(self._reject(real, rejections, refused))
+
+        def record_refused() -> None:
+            self.sink.put_errors([f.outcome for f in refused])
+            late = self.sink.flush() or ()
+            if late:
+                log.error(
+                    "sink %r refused %d record(s) while recording their errors; their input "
+                    "is retried all the same", self.sink.name, len(late),
+                )  # fmt: skip
 
         if not self._retry_sink(attempt):
             return False
+        if refused:
+            # Content refused at write time: that record's error, recorded like any other.
+            if not self._retry_sink(record_refused):
+                return False
+            failures = [*failures, *refused]
         written = [r for r in real if id(r) not in state["rejected"]]
         self._report_failures(failures)
         with self._lock:
@@ -682,7 +755,7 @@ class Pipeline:
         """Turn the sink's rejections into failures; returns the ids of the rejected results."""
         rejected: set[int] = set()
         for rejection in rejections:
-            if not 0 <= rejection.index < len(chunk):
+            if not 0 <= rejection.index < len(chunk) or id(chunk[rejection.index]) in rejected:
                 log.error(
                     "sink %r rejected an unknown record index %r", self.sink.name, rejection.index
                 )
@@ -799,8 +872,9 @@ class Pipeline:
                 else:
                     self.summary.nacked += len(envelopes)
         with self._lock:
-            self._unsettled -= len(acks) + len(nacks)
-            self.metrics.in_flight(self._unsettled)
+            for envelope in (*acks, *nacks):
+                self._held.pop(id(envelope), None)
+            self.metrics.in_flight(len(self._held))
         self.metrics.settled(len(acks), len(nacks))
 
     def _progress(self) -> None:
