@@ -1,4 +1,6 @@
-"""Sessions: tests, lint, typecheck, demo, bench, and one isolated test run per plugin.
+"""Sessions: tests, lint, typecheck, demo, bench, one isolated test run per plugin, and the
+conformance runs on strict stand-ins (s3-conformance: Ceph RGW; aws-conformance: LocalStack's
+SQS and dynalite).
 
 The README's two commands for a fresh machine are ``nox -s demo`` and ``nox -s tests``.
 """
@@ -90,3 +92,20 @@ def s3_conformance(session: nox.Session) -> None:
     """igata-s3's tests and the digits over S3 against Ceph's RADOS Gateway (checks signatures)."""
     _install_everything(session, "scikit-learn")
     session.run("bash", "scripts/s3-conformance.sh", *session.posargs, external=True)
+
+
+@nox.session(python=PYTHON, name="aws-conformance")
+def aws_conformance(session: nox.Session) -> None:
+    """igata-sqs's and igata-dynamodb's tests, the bad-input corpus and the demo with SQS on
+    LocalStack and DynamoDB on dynalite (S3 and SNS on moto); see docs/aws-conformance.md."""
+    _install_everything(session, "hypothesis", "scikit-learn", "psutil")
+    emulators = ["python", "-m", "igata_core.testing.emulators"]
+    session.run(*emulators, "install")
+    paths = session.posargs or [
+        "plugins/igata-sqs/tests", "plugins/igata-dynamodb/tests", "tests/corpus",
+        "tests/test_testing_emulators.py",
+    ]  # fmt: skip
+    # One test process: the tests share each emulator and empty it between tests.
+    session.run(*emulators, "--", "pytest", "-p", "no:cacheprovider", *paths)
+    if not session.posargs:
+        session.run(*emulators, "--", "python", "-m", "examples.demo")

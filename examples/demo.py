@@ -345,8 +345,11 @@ def create_resources(aws: Any, env: dict[str, str]) -> tuple[Resources, list[str
         },
     )["QueueUrl"]
     topic_arn = sns.create_topic(Name=TOPIC)["TopicArn"]
-    notice_url = sqs.create_queue(QueueName=NOTICE_QUEUE)["QueueUrl"]
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=_queue_arn(sqs, notice_url))
+    # SNS is always moto's, and moto delivers only into its own queues: the demo's notice
+    # queue lives there even when igata's queues are on a strict emulator.
+    notices = aws.client("sqs", on_moto=True)
+    notice_url = notices.create_queue(QueueName=NOTICE_QUEUE)["QueueUrl"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=_queue_arn(notices, notice_url))
 
     done = subprocess.run(
         [*IGATA, "dynamodb", "create-tables"],
@@ -498,7 +501,7 @@ def observe(aws: Any, resources: Resources, codes: list[int], errors: list[Path]
         int(attributes["ApproximateNumberOfMessagesDelayed"]),
     )
     notices = []
-    for message in _drain(sqs, resources.notice_url):
+    for message in _drain(aws.client("sqs", on_moto=True), resources.notice_url):
         notification = json.loads(message["Body"])  # SNS's envelope (no raw delivery)
         notices.extend(json.loads(notification["Message"]))
     worker_errors = []
@@ -598,7 +601,7 @@ def _why_dead(message_id: str, body: str, sent: dict[str, Message], seen: Observ
 
 def run_demo(workdir: Path, *, count: int, workers: int, batch_size: int) -> int:
     from examples.digits.model import MODEL_PATH_ENV, load_split, save_model, train_model
-    from igata_core.testing.aws import start_local_aws
+    from igata_core.testing.aws import start_local_aws, strict_endpoints_from_env
 
     started = time.monotonic()
     split = load_split()
@@ -611,9 +614,13 @@ def run_demo(workdir: Path, *, count: int, workers: int, batch_size: int) -> int
         f"{model.score(test_features, split.test_labels):.3f} on the {len(split.test_labels)} "
         "test images)"
     )
-    aws = start_local_aws()
+    aws = start_local_aws(strict_endpoints_from_env())
     try:
-        print(f"  local AWS: moto server at {aws.url}")
+        strict = "".join(
+            f"; {service} on a strict emulator at {aws.url_for(service)}"
+            for service in sorted(aws.strict)
+        )
+        print(f"  local AWS: moto server at {aws.url}{strict}")
         env = base_env(aws)
         resources, created = create_resources(aws, env)
         print(
@@ -683,7 +690,7 @@ def _dynamodb_resource(aws: Any) -> Any:
 
     return boto3.resource(
         "dynamodb",
-        endpoint_url=aws.url,
+        endpoint_url=aws.url_for("dynamodb"),
         region_name=FAKE_AWS_ENV["AWS_DEFAULT_REGION"],
         aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"],

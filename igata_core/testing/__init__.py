@@ -7,8 +7,11 @@ Fixtures:
   region ``us-east-1``). ``local_aws.env()`` is the environment for a worker subprocess.
   With ``IGATA_TEST_S3_ENDPOINT``, ``IGATA_TEST_S3_ACCESS_KEY`` and
   ``IGATA_TEST_S3_SECRET_KEY`` set, S3 goes to that endpoint with those keys instead (a
-  strict S3 such as Ceph's gateway, see docs/s3-conformance.md); SQS, SNS and DynamoDB stay
-  on moto.
+  strict S3 such as Ceph's gateway, see docs/s3-conformance.md). Likewise
+  ``IGATA_TEST_SQS_ENDPOINT`` (LocalStack's SQS) and ``IGATA_TEST_DYNAMODB_ENDPOINT``
+  (dynalite) send SQS and DynamoDB to strict emulators (docs/aws-conformance.md,
+  :mod:`igata_core.testing.emulators`); ``local_aws.strict`` names the services that are
+  not on moto, and SNS always stays there.
 * ``aws`` (function): the same endpoint, emptied before the test (moto's reset API; on an
   external S3, every bucket of its user is deleted).
 * ``fault_proxy`` (function): a fault-injecting TCP proxy in front of ``local_aws``
@@ -25,7 +28,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from igata_core.testing.aws import LocalAws, local_aws_environment, start_local_aws
+from igata_core.testing.aws import (
+    LocalAws,
+    local_aws_environment,
+    start_local_aws,
+    strict_endpoints_from_env,
+)
 from igata_core.testing.proxy import fault_proxy
 from igata_core.testing.rgw import ExternalS3Aws, external_s3_from_env
 from igata_core.testing.run import RunResult, run_pipeline
@@ -37,7 +45,7 @@ __all__ = ["LocalAws", "RunResult", "fault_proxy", "run_pipeline"]
 def local_aws() -> Iterator[LocalAws]:
     # Checked before moto starts: a half-set or remote IGATA_TEST_S3_* is an error at once.
     external_s3 = external_s3_from_env()
-    aws = start_local_aws()
+    aws = start_local_aws(strict_endpoints_from_env())
     if external_s3 is not None:
         aws = ExternalS3Aws(aws, external_s3)
     try:

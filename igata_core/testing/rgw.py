@@ -634,9 +634,13 @@ class ExternalS3Aws(LocalAws):
     """
 
     def __init__(self, moto: LocalAws, s3: S3Endpoint):
-        super().__init__(moto.url)
+        super().__init__(moto.url, endpoints=moto.endpoints)
         self.moto = moto
         self.s3 = s3
+
+    @property
+    def strict(self) -> frozenset[str]:
+        return self.moto.strict | {"s3"}
 
     @property
     def s3_url(self) -> str:
