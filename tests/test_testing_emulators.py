@@ -27,7 +27,7 @@ def test_endpoints_from_the_environment() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"IGATA_TEST_SQS_ENDPOINT": "http://10.0.0.5:4566"}, "not an http:// endpoint on loopback"),
+        ({"IGATA_TEST_SQS_ENDPOINT": "http://10.0.0.5:4566"}, "not an http:// endpoint"),
         ({"IGATA_TEST_DYNAMODB_ENDPOINT": "ftp://127.0.0.1:1"}, "IGATA_TEST_DYNAMODB_ENDPOINT"),
         (
             {"IGATA_TEST_SQS_ENDPOINT": "http://127.0.0.1:4566", "PYTEST_XDIST_WORKER_COUNT": "2"},
@@ -59,7 +59,7 @@ def test_missing_emulators_say_how_to_install_them(
 ) -> None:
     monkeypatch.setenv("IGATA_EMULATORS_HOME", str(tmp_path))
     for start in (start_localstack_sqs, start_dynalite):
-        with pytest.raises(EmulatorError, match="python -m igata_core.testing.emulators install"):
+        with pytest.raises(EmulatorError, match=r"igata_core\.testing\.emulators install"):
             start()
 
 
