@@ -266,7 +266,11 @@ class Pipeline:
         started = time.monotonic()
         if self.settings.errors_path:
             try:
-                self._errors_file = open(self.settings.errors_path, "w", encoding="utf-8")  # noqa: SIM115
+                # backslashreplace: a lone surrogate (from a JSON request) is written as its
+                # JSON escape, so the line stays valid JSON with the same string in it.
+                self._errors_file = open(  # noqa: SIM115
+                    self.settings.errors_path, "w", encoding="utf-8", errors="backslashreplace"
+                )
             except OSError as exc:
                 # Before any input is read: a usage error, not a crash.
                 self.summary.exit_code = EXIT_USAGE
@@ -644,6 +648,10 @@ class Pipeline:
     def _write(self) -> None:
         try:
             self._write_loop()
+        except Exception as exc:
+            # Not the sink's (its errors are handled inside): a bug; never leave a dead writer.
+            log.error("the writer failed", exc_info=True)
+            self._fatal(exc, "the engine's writer")
         except BaseException as exc:  # fatal: stops the run
             self._fatal(exc, f"sink {self.sink.name!r}")
 
