@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from igata_core.components import ConfigurationError, ServiceUnavailable
 from igata_s3.uris import S3Location, format_uri, parse_uri
 
 log = logging.getLogger("igata.s3.ledger")
@@ -57,6 +58,8 @@ class Ledger:
         self._done: set[bytes] = set()
         self._lock = threading.Lock()
         self.loaded = 0
+        #: Set when the store refused the ledger during the run (a configuration error).
+        self.refused: str | None = None
 
     def open(self) -> None:
         raise NotImplementedError
@@ -99,6 +102,15 @@ class LocalLedger(Ledger):
         self._handle: Any = None
 
     def open(self) -> None:
+        try:
+            self._open()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"s3: cannot open the ledger {self.location} ({exc.strerror or exc}); "
+                "fix the source option 'ledger' or the file's permissions"
+            ) from exc
+
+    def _open(self) -> None:
         path = os.path.abspath(self.location)
         if os.path.exists(path):
             with open(path, encoding="utf-8", errors="replace") as handle:
@@ -161,20 +173,70 @@ class S3Ledger(Ledger):
         return _segment_key(self.prefix, self.run_id, number)
 
     def open(self) -> None:
+        """Load every segment, then write this run's first one (empty) at once.
+
+        The ledger is named by the options: a bucket that does not exist, a denied
+        listing, read or write and refused credentials are configuration errors, found
+        here rather than when the first acks are written (a job whose acks can never be
+        recorded would redo everything on its rerun).
+        """
+        from botocore import exceptions as bx
+
         client = self._client()
         keys: set[str] = set()
-        for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix
-        ):
-            for obj in page.get("Contents", []):
-                keys.add(obj["Key"])
-                if obj["Key"].endswith(".jsonl"):
-                    body = client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"]
-                    text = body.read().decode("utf-8", errors="replace")
-                    self._load_lines(text.splitlines(), format_uri(self.bucket, obj["Key"]))
-        # A rerun with the same run id must not overwrite the segments of the earlier run.
-        while self.segment_key(self._segment) in keys:
-            self._segment += 1
+        doing = f"listing the ledger {self.location}"
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            ):
+                for obj in page.get("Contents", []):
+                    keys.add(obj["Key"])
+                    if obj["Key"].endswith(".jsonl"):
+                        doing = f"reading the ledger segment {format_uri(self.bucket, obj['Key'])}"
+                        body = client.get_object(Bucket=self.bucket, Key=obj["Key"])["Body"]
+                        text = body.read().decode("utf-8", errors="replace")
+                        self._load_lines(text.splitlines(), format_uri(self.bucket, obj["Key"]))
+            # A rerun with the same run id must not overwrite the segments of the earlier run.
+            while self.segment_key(self._segment) in keys:
+                self._segment += 1
+            where = format_uri(self.bucket, self.segment_key(self._segment))
+            doing = f"writing the ledger segment {where}"
+            self._put(b"")
+        except (bx.ClientError, bx.BotoCoreError, OSError) as exc:
+            raise self._error(exc, doing) from exc
+
+    def _error(self, exc: BaseException, doing: str) -> Exception:
+        """The kind of a failed ledger request (the ledger is configuration, not input)."""
+        from botocore import exceptions as bx
+
+        from igata_s3.errors import S3ConfigurationError, configured_error, transport_kind
+
+        if isinstance(exc, bx.ClientError):
+            error = configured_error(
+                exc,
+                component="s3",
+                what=f"the bucket {self.bucket!r} of the ledger {self.location}",
+                doing=doing,
+                needs=f"s3:ListBucket on arn:aws:s3:::{self.bucket} and s3:GetObject and "
+                f"s3:PutObject on arn:aws:s3:::{self.bucket}/{self.prefix}*",
+                fix="create it or fix the source option 'ledger'",
+            )
+            return error if error is not None else exc  # type: ignore[return-value]
+        if transport_kind(exc) == "configuration":
+            return S3ConfigurationError(
+                f"s3: cannot sign a request while {doing} ({type(exc).__name__}: "
+                f"{exc}); give the worker credentials and a region (AWS_REGION)"
+            )
+        return ServiceUnavailable(f"s3: {doing} failed: {type(exc).__name__}: {exc}")
+
+    def _put(self, body: bytes) -> None:
+        # A PUT is atomic: a reader sees the previous or the new segment, never half.
+        self._client().put_object(
+            Bucket=self.bucket,
+            Key=self.segment_key(self._segment),
+            Body=body,
+            ContentType="application/x-ndjson",
+        )
 
     def record(self, entries: Sequence[tuple[str, str]]) -> None:
         if not entries:
@@ -191,11 +253,21 @@ class S3Ledger(Ledger):
                 self._write_or_warn()
 
     def _write_or_warn(self) -> None:
+        if self.refused:
+            return
         try:
             self._write()
         except Exception as exc:
-            # Not fatal: the acks stay pending and are written with the next batch; if
-            # they never are, the next run processes those objects again.
+            where = format_uri(self.bucket, self.segment_key(self._segment))
+            error = self._error(exc, f"writing the ledger segment {where}")
+            if isinstance(error, ConfigurationError):
+                # The ledger was refused since open (bucket deleted, policy changed): the
+                # source stops the run at its next envelope.
+                self.refused = str(error)
+                log.error("%s", error)
+                return
+            # An outage is not fatal: the acks stay pending and are written with the next
+            # batch; if they never are, the next run processes those objects again.
             log.warning(
                 "ledger %s: could not write segment %s (%s); %d acks pending, retried later",
                 self.location,
@@ -207,14 +279,7 @@ class S3Ledger(Ledger):
     def _write(self) -> None:
         if not self._unwritten:
             return
-        body = "".join(self._segment_lines).encode("utf-8")
-        # A PUT is atomic: a reader sees the previous or the new segment, never half.
-        self._client().put_object(
-            Bucket=self.bucket,
-            Key=self.segment_key(self._segment),
-            Body=body,
-            ContentType="application/x-ndjson",
-        )
+        self._put("".join(self._segment_lines).encode("utf-8"))
         self._unwritten = 0
         self._last_write = self._clock()
         if len(self._segment_lines) >= SEGMENT_RECORDS:

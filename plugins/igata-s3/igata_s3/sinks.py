@@ -38,9 +38,13 @@ from igata_s3.client import ClientSettings, s3_client
 from igata_s3.errors import (
     CLOCK_SKEW,
     KEY_REFUSED,
+    TOO_LARGE,
+    WRONG_REGION,
     S3ConfigurationError,
     clock_skew_error,
+    configured_error,
     error_code,
+    transport_kind,
 )
 from igata_s3.uris import MAX_KEY_BYTES, abbreviate, bucket_problem, format_uri
 
@@ -109,6 +113,14 @@ class _KeepOpen:
         """The spool stays open for the next flush."""
 
 
+class _TooLarge(Exception):
+    """S3 refused a part as too large (``code``: EntityTooLarge, or a proxy's 413)."""
+
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
 class _Part:
     """One part object being built: its key, its spool and what is in it."""
 
@@ -120,6 +132,8 @@ class _Part:
         self.records = 0
         self.uploads = 0
         self.dirty = False
+        #: (Rejection index, igata_id) of the records appended since the last upload.
+        self.unsent: list[tuple[int, Any]] = []
         # One gzip stream per part, sync-flushed at each flush; a copy of the compressor
         # gives the stream's end for each upload without ending the stream itself.
         self.compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if compress else None
@@ -182,6 +196,12 @@ class _S3PartSink(Sink):
         self._seen: set[str] = set()
         self._pending: list[str] = []
         self._pending_records = 0
+        # (index among the records put since the last flush that returned, igata_id) of
+        # each pending line, and the count that index runs over (Rejection.index).
+        self._pending_index: list[tuple[int, Any]] = []
+        self._passed = 0
+        # Rejections found by flushes that then raised: returned by the next that returns.
+        self._rejections: list[Rejection] = []
         self._part: _Part | None = None
         self._next_part = 0
         self._closed = False
@@ -196,20 +216,53 @@ class _S3PartSink(Sink):
         return s3_client(10, self._settings)
 
     def open(self) -> None:
-        """Fail at once on a missing output bucket, not at the first flush."""
-        from botocore.exceptions import ClientError
+        """Fail at once on an output bucket that does not exist (or lives in another
+        region): a configuration error, exit 2 before anything is read.
+
+        A HEAD's 403 says no more than "not allowed": a write-only role may not read the
+        bucket, so the first upload tells (AccessDenied there is a configuration error
+        too). A HEAD that times out or is throttled is left to the first flush, which the
+        engine retries within its budget.
+        """
+        from botocore import exceptions as bx
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise RuntimeError(
-                    f"{self.name}: output bucket {self.bucket!r} does not exist; create it "
-                    "or fix the sink option 'bucket' (OUTPUT_CTXMGR_OUTPUT_S3_BUCKET)"
-                ) from None
-            # 403: a write-only role may not list the bucket; the first upload will tell.
-            log.debug("%s: cannot check bucket %s (%s)", self.name, self.bucket, code)
+        except bx.ClientError as exc:
+            code = error_code(exc)
+            if code in ("404", "NoSuchBucket") or code in WRONG_REGION:
+                error = self._configured(
+                    exc, "checking the output bucket", "NoSuchBucket" if code == "404" else code
+                )
+                if isinstance(error, S3ConfigurationError):
+                    raise error from None
+            log.debug("%s: cannot check bucket %s (%s); the first upload will tell",
+                      self.name, self.bucket, code)  # fmt: skip
+        except (bx.BotoCoreError, OSError) as exc:
+            if transport_kind(exc) == "configuration":
+                raise self._no_credentials(exc) from exc
+            log.warning("%s: cannot check bucket %s (%s: %s); the first upload will tell",
+                        self.name, self.bucket, type(exc).__name__, exc)  # fmt: skip
+
+    def _configured(
+        self, exc: BaseException, doing: str, code: str | None = None
+    ) -> Exception | None:
+        return configured_error(
+            exc,
+            component=self.name,
+            what=f"the output bucket {self.bucket!r}",
+            doing=doing,
+            needs=f"s3:PutObject on arn:aws:s3:::{self.bucket}/{self.opts['prefix']}*",
+            fix="create it or fix the sink option 'bucket' (OUTPUT_CTXMGR_OUTPUT_S3_BUCKET)",
+            code=code,
+        )
+
+    def _no_credentials(self, exc: BaseException) -> S3ConfigurationError:
+        return S3ConfigurationError(
+            f"{self.name}: cannot sign requests to S3 ({type(exc).__name__}: {exc}); give "
+            "the worker credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE, or an instance or task role) and a region (AWS_REGION)"
+        )
 
     def part_key(self, number: int) -> str:
         return self._render(number, dt.datetime.now(dt.UTC).strftime("%Y-%m-%d"))
@@ -251,6 +304,8 @@ class _S3PartSink(Sink):
         if self._closed:
             raise RuntimeError(f"sink {self.name!r}: put_records after close")
         rejections: list[Rejection] = []
+        base = self._passed
+        self._passed += len(records)
         for index, record in enumerate(records):
             identity = record.get(RECORD_ID_KEY)
             if identity is not None and identity in self._seen:
@@ -264,16 +319,20 @@ class _S3PartSink(Sink):
                 continue
             self._pending.append(line)
             self._pending_records += 1
+            self._pending_index.append((base + index, identity))
             if identity is not None:
                 self._seen.add(identity)
         return rejections
 
-    def flush(self) -> None:
+    def flush(self) -> list[Rejection]:
         """Upload the current part so far; return only when S3 has it.
 
-        Raises :class:`S3ConfigurationError` when S3 refuses the part's key (too long):
-        permanent, again at every later call; ``ServiceUnavailable`` when S3 refuses the
-        worker's clock; botocore's errors otherwise (retried by the engine).
+        Returns a :class:`Rejection` for a record S3 refused alone (a part holding only it
+        was too large for the store). Raises :class:`S3ConfigurationError` when S3 refuses
+        what the options ask (the output bucket missing or denied, the part's key, the
+        worker's credentials, parts too large for the store): the key refusal permanently,
+        again at every later call; ``ServiceUnavailable`` or botocore's errors for an
+        outage or a refused clock (retried by the engine).
         """
         if self._refused is not None:
             raise S3ConfigurationError(self._refused)
@@ -283,20 +342,56 @@ class _S3PartSink(Sink):
             if current.records == 0:
                 text = self.header() + text
             current.append(text.encode("utf-8"), self._pending_records)
+            current.unsent.extend(self._pending_index)
             self._pending = []
             self._pending_records = 0
+            self._pending_index = []
         part = self._part
-        if part is None or not part.dirty:
-            return
-        # If the upload fails, the spool keeps everything and the next flush retries it.
-        self._upload(part)
-        if (
-            part.records >= self.opts["part_max_records"]
-            or part.size >= self.opts["part_max_bytes"]
-            or part.uploads >= self.opts["part_max_uploads"]
-        ):
+        if part is not None and part.dirty:
+            # If the upload fails, the spool keeps everything and the next flush retries it.
+            try:
+                self._upload(part)
+            except _TooLarge as too_large:
+                self._too_large(part, too_large)
+            else:
+                if (
+                    part.records >= self.opts["part_max_records"]
+                    or part.size >= self.opts["part_max_bytes"]
+                    or part.uploads >= self.opts["part_max_uploads"]
+                ):
+                    part.close()
+                    self._part = None
+        rejections, self._rejections = self._rejections, []
+        self._passed = 0
+        return rejections
+
+    def _too_large(self, part: _Part, too_large: _TooLarge) -> None:
+        """S3 refused the part as too large: that record's error if it holds one record
+        never uploaded before, else the options' (parts larger than the store accepts)."""
+        size = part.size + len(part.tail())
+        if part.uploads == 0 and len(part.unsent) == 1:
+            index, identity = part.unsent[0]
+            self._rejections.append(Rejection(
+                index,
+                f"S3 refused the part object holding only this record ({size} bytes, "
+                f"{too_large.code}): the record is too large for this store",
+                "EntityTooLarge",
+            ))  # fmt: skip
+            if identity is not None:
+                self._seen.discard(identity)
+            # Nothing was written at this key: the next part takes its number again.
             part.close()
             self._part = None
+            self._next_part = part.number
+            return
+        raise S3ConfigurationError(
+            f"{self.name}: S3 refused part {part.number} "
+            f"(s3://{self.bucket}/{abbreviate(part.key)}, {size} bytes, {part.records} "
+            f"records) as too large ({too_large.code}): this store's object size limit is "
+            f"below the parts this sink writes; lower the sink option 'part_max_bytes' (now "
+            f"{self.opts['part_max_bytes']}) and --chunk-size so that a part and the "
+            "records of one flush stay under it. Records not written are not acknowledged"
+        ) from too_large.__cause__
 
     def _current_part(self) -> _Part:
         if self._part is None:
@@ -306,7 +401,7 @@ class _S3PartSink(Sink):
 
     def _upload(self, part: _Part) -> None:
         from boto3.s3.transfer import TransferConfig
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         tail = part.tail()
         spool = part.spool
@@ -334,17 +429,27 @@ class _S3PartSink(Sink):
             )
         except ClientError as exc:
             code = error_code(exc)
+            where = format_uri(self.bucket, part.key)
             if code in KEY_REFUSED:
                 self._refused = self._key_refused(part, code)
                 raise S3ConfigurationError(self._refused) from exc
+            if code in TOO_LARGE:
+                raise _TooLarge(code) from exc
             if code == CLOCK_SKEW:
-                where = format_uri(self.bucket, part.key)
                 raise clock_skew_error(exc, doing=f"the upload of {where}") from exc
+            error = self._configured(exc, f"uploading {where}")
+            if error is None:
+                raise
+            raise error from exc
+        except (BotoCoreError, OSError) as exc:
+            if transport_kind(exc) == "configuration":
+                raise self._no_credentials(exc) from exc
             raise
         finally:
             # Take the stream's end off again: the next flush continues the stream.
             spool.truncate(part.size)
         part.dirty = False
+        part.unsent = []
         part.uploads += 1
         if not self.keys or self.keys[-1] != part.key:
             self.keys.append(part.key)

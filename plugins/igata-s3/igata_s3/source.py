@@ -17,7 +17,15 @@ from typing import Any, ClassVar
 from igata_core.components import Envelope, Item, RunContext, ServiceUnavailable, Source
 from igata_core.options import Option, OptionsError
 from igata_s3.client import s3_client
-from igata_s3.errors import S3RecordError, describe_client_error, error_code
+from igata_s3.errors import (
+    WRONG_REGION,
+    S3ConfigurationError,
+    S3RecordError,
+    configured_error,
+    describe_client_error,
+    error_code,
+    transport_kind,
+)
 from igata_s3.ledger import Ledger, longest_segment_key, open_ledger
 from igata_s3.loader import ALLOWED_BUCKETS_OPTION, CLIENT_OPTIONS, check_allowed, client_settings
 from igata_s3.uris import (
@@ -39,9 +47,6 @@ DEFAULT_EXTENSIONS = (
 # Several URIs in one argument, as the original accepted: split only where a new URI
 # starts, so that a comma inside a key survives.
 _URI_LIST_SPLIT = re.compile(r",\s*(?=s3://)")
-
-_SERVICE_TROUBLE = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded",
-                    "InternalError", "ServiceUnavailable", "503", "500"}  # fmt: skip
 
 
 def split_inputs(values: Sequence[str]) -> list[str]:
@@ -138,6 +143,7 @@ class S3Source(Source):
         return s3_client(max(10, self.context.concurrency + 2), self._settings)
 
     def open(self) -> None:
+        self._check_inputs()
         if self._ledger_location:
             self._ledger = open_ledger(
                 self._ledger_location,
@@ -172,7 +178,13 @@ class S3Source(Source):
             yield given, location, None
 
     def _pages(self, location: S3Location, given: str) -> Iterator[list[dict[str, Any]]]:
-        """Listing pages of a prefix; raises S3RecordError or ServiceUnavailable."""
+        """Listing pages of a prefix.
+
+        The prefix is named by the options, so a bucket that does not exist, a denied
+        listing and refused credentials raise :class:`S3ConfigurationError`; throttling,
+        5xx, the network and a refused clock :class:`ServiceUnavailable`; anything else
+        :class:`S3RecordError` (that input's error).
+        """
         from botocore import exceptions as bx
 
         paginator = self.client.get_paginator("list_objects_v2")
@@ -189,23 +201,98 @@ class S3Source(Source):
             except StopIteration:
                 return
             except bx.ClientError as exc:
-                if error_code(exc) in _SERVICE_TROUBLE:
-                    raise ServiceUnavailable(
-                        f"s3: listing {given} failed after retries ({error_code(exc)}); "
-                        "S3 is throttling or unavailable"
-                    ) from exc
-                raise describe_client_error(
-                    exc,
-                    uri=given,
-                    bucket=location.bucket,
-                    key=location.key,
-                    action="s3:ListBucket",
-                ) from None
+                raise self._listing_error(exc, location, given) from None
             except (bx.BotoCoreError, OSError) as exc:
-                raise ServiceUnavailable(f"s3: listing {given} failed: {exc}") from exc
+                raise self._transport_error(exc, f"listing {given}") from exc
             yield page.get("Contents", [])
 
+    def _listing_error(self, exc: BaseException, location: S3Location, given: str) -> Exception:
+        prefix = location.key
+        error = configured_error(
+            exc,
+            component="s3",
+            what=f"the bucket {location.bucket!r} of the input {given}",
+            doing=f"listing {given}",
+            needs=f"s3:ListBucket on arn:aws:s3:::{location.bucket}"
+            + (f" (for the prefix {prefix!r})" if prefix else ""),
+            fix="create it or fix the input (the command's INPUTS)",
+        )
+        if error is not None:
+            return error
+        return describe_client_error(exc, uri=given, bucket=location.bucket, key=prefix,
+                                     action="s3:ListBucket")  # fmt: skip
+
+    @staticmethod
+    def _transport_error(exc: BaseException, doing: str) -> Exception:
+        if transport_kind(exc) == "configuration":
+            return S3ConfigurationError(
+                f"s3: cannot sign a request while {doing} ({type(exc).__name__}: "
+                f"{exc}); give the worker credentials and a region (AWS_REGION)"
+            )
+        return ServiceUnavailable(f"s3: {doing} failed: {type(exc).__name__}: {exc}")
+
+    def _check_inputs(self) -> None:
+        """Fail at once on an input bucket that does not exist or may not be listed.
+
+        The inputs are options: a bucket missing or denied is a configuration error (exit
+        2 before anything is read), not one error record per object. One request per
+        bucket: the first prefix given in it is listed (one key), a bucket of objects
+        named one by one gets a HEAD. A HEAD answers 403 without saying why (a worker may
+        read objects without s3:ListBucket), so only 404 and a region redirect count
+        there; the loader reports the rest per object.
+        """
+        from botocore import exceptions as bx
+
+        prefixes: dict[str, tuple[S3Location, str]] = {}
+        objects: dict[str, str] = {}
+        for given, location, _error in self._locations():
+            if location is None:
+                continue
+            if location.is_prefix:
+                prefixes.setdefault(location.bucket, (location, given))
+            objects.setdefault(location.bucket, given)
+        for bucket, (location, given) in prefixes.items():
+            try:
+                self.client.list_objects_v2(Bucket=bucket, Prefix=location.key, MaxKeys=1)
+            except bx.ClientError as exc:
+                error = self._listing_error(exc, location, given)
+                if not isinstance(error, S3RecordError):
+                    raise error from None
+            except (bx.BotoCoreError, OSError) as exc:
+                raise self._transport_error(exc, f"listing {given}") from exc
+        for bucket, given in objects.items():
+            if bucket in prefixes:
+                continue
+            try:
+                self.client.head_bucket(Bucket=bucket)
+            except bx.ClientError as exc:
+                code = error_code(exc)
+                if code in ("404", "NoSuchBucket") or code in WRONG_REGION:
+                    error = configured_error(
+                        exc,
+                        code="NoSuchBucket" if code == "404" else code,
+                        component="s3",
+                        what=f"the bucket {bucket!r} of the input {given}",
+                        doing=f"checking the bucket of {given}",
+                        needs=f"s3:GetObject on arn:aws:s3:::{bucket}/*",
+                        fix="create it or fix the input (the command's INPUTS)",
+                    )
+                    if error is not None:
+                        raise error from None
+                log.debug("s3: cannot check bucket %s (%s); the loader will tell", bucket, code)
+            except (bx.BotoCoreError, OSError) as exc:
+                if transport_kind(exc) == "configuration":
+                    raise self._transport_error(exc, f"checking {given}") from exc
+                log.debug("s3: cannot check bucket %s (%s); the loader will tell", bucket, exc)
+
     def envelopes(self) -> Iterator[Envelope]:
+        for envelope in self._envelopes():
+            if self._ledger is not None and self._ledger.refused:
+                # The ledger (an option) was refused during the run: a configuration error.
+                raise S3ConfigurationError(self._ledger.refused)
+            yield envelope
+
+    def _envelopes(self) -> Iterator[Envelope]:
         for given, location, error in self._locations():
             if self._stop.is_set():
                 return
@@ -336,8 +423,8 @@ class S3Source(Source):
                         return None
             except S3RecordError:
                 count += 1  # that prefix yields one error envelope
-            except ServiceUnavailable:
-                return None
+            except (ServiceUnavailable, S3ConfigurationError):
+                return None  # the listing itself reports it
         return count
 
     def _completed(self, bucket: str, obj: Mapping[str, Any]) -> bool:

@@ -54,6 +54,43 @@ def strict_s3(aws: Any) -> None:
 
 
 @pytest.fixture
+def wrong_secret(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """From the call on, this process signs S3 requests with a wrong secret key."""
+    from igata_s3.client import clear_clients
+
+    def use_wrong_secret() -> None:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-key")
+        clear_clients()  # the shared clients are keyed by the access key id, not the secret
+
+    yield use_wrong_secret
+    clear_clients()
+
+
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No credentials anywhere botocore looks (environment, files, instance metadata)."""
+    from igata_s3.client import clear_clients
+
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    clear_clients()
+    yield
+    clear_clients()
+
+
+@pytest.fixture
 def skewed_clock(monkeypatch: pytest.MonkeyPatch) -> Any:
     """From the call on, botocore signs requests with a clock 20 minutes slow."""
     import datetime as dt

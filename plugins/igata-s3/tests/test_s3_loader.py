@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import RecordError, RunContext, ServiceUnavailable
+from igata_core.components import ConfigurationError, RecordError, RunContext, ServiceUnavailable
 from igata_s3.client import clear_clients, s3_client
 from igata_s3.errors import clock_skew_seconds
 from igata_s3.loader import S3Loader
@@ -58,9 +58,12 @@ def test_missing_key_is_a_precise_record_error(s3: Any, bucket: str) -> None:
 
 
 def test_missing_bucket_is_a_precise_record_error(aws: Any) -> None:
+    # A request named the bucket, not the worker's options: that record's error.
     with pytest.raises(RecordError) as raised:
         S3Loader().load("s3://no-such-bucket-here/k.jpg")
     assert "bucket 'no-such-bucket-here' does not exist" in str(raised.value)
+    assert raised.value.code == "NoSuchBucket"  # type: ignore[attr-defined]
+    assert not isinstance(raised.value, ConfigurationError)
 
 
 def test_missing_version_is_a_precise_record_error(s3: Any, bucket: str) -> None:
@@ -134,6 +137,8 @@ def test_access_denied_names_the_missing_permission(s3: Any, bucket: str, inject
     message = str(raised.value)
     assert "access denied (AccessDenied)" in message
     assert f"s3:GetObject on arn:aws:s3:::{bucket}/secret.jpg" in message
+    # The object was named by a request, not by the worker's options: its record's error.
+    assert not isinstance(raised.value, ConfigurationError)
     assert inject.calls["GetObject"] == 1, "a denial is not retried"
 
 
@@ -145,13 +150,87 @@ def test_throttling_is_retried_by_botocore(s3: Any, bucket: str, inject: Any) ->
     assert inject.calls["GetObject"] == 2
 
 
-def test_throttling_that_persists_is_a_record_error(s3: Any, bucket: str, inject: Any) -> None:
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable"),
+     (400, "RequestTimeout"), (429, "TooManyRequests"), (502, "BadGateway")],
+)  # fmt: skip
+def test_throttling_and_5xx_that_persist_are_an_outage_not_the_records(
+    s3: Any, bucket: str, inject: Any, status: int, code: str
+) -> None:
     loader = S3Loader({"max_attempts": 2})
-    inject.fail(loader.client, "GetObject", 503, "SlowDown")
+    inject.fail(loader.client, "GetObject", status, code)
+    with pytest.raises(ServiceUnavailable) as raised:
+        loader.load(f"s3://{bucket}/k.jpg")
+    assert not isinstance(raised.value, (RecordError, ConfigurationError))
+    message = str(raised.value)
+    assert message.startswith("s3: S3 ")
+    assert f"while reading s3://{bucket}/k.jpg ({code}, HTTP {status})" in message
+    assert "the engine pauses and retries" in message
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [("InvalidAccessKeyId", "S3 does not know the access key id"),
+     ("SignatureDoesNotMatch", "the secret key does not match the access key id"),
+     ("ExpiredToken", "the session token has expired")],
+)  # fmt: skip
+def test_refused_credentials_are_a_configuration_error(
+    s3: Any, bucket: str, inject: Any, code: str, hint: str
+) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", 403, code)
+    with pytest.raises(ConfigurationError) as raised:
+        loader.load(f"s3://{bucket}/k.jpg")
+    assert str(raised.value).startswith(
+        f"s3: S3 refused the worker's credentials while reading s3://{bucket}/k.jpg "
+        f"({code}: {hint}); this is a configuration error, not the input's"
+    )
+    assert inject.calls["GetObject"] == 1
+
+
+def test_a_wrong_secret_on_a_strict_s3_is_a_configuration_error(
+    s3: Any, bucket: str, strict_s3: None, wrong_secret: Any
+) -> None:
+    s3.put_object(Bucket=bucket, Key="k.jpg", Body=b"x")
+    wrong_secret()
+    with pytest.raises(ConfigurationError, match=r"\(SignatureDoesNotMatch: the secret key"):
+        S3Loader().load(f"s3://{bucket}/k.jpg")
+
+
+def test_no_credentials_at_all_is_a_configuration_error(aws: Any, no_credentials: None) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        S3Loader().load("s3://igata-in/k.jpg")
+    assert "cannot sign a request while reading s3://igata-in/k.jpg (NoCredentialsError" in str(
+        raised.value
+    )
+
+
+@pytest.mark.parametrize("code", ["KeyTooLongError", "InvalidObjectName", "InvalidBucketName"])
+def test_a_key_or_name_s3_refuses_in_a_request_is_that_records_error(
+    s3: Any, bucket: str, inject: Any, code: str
+) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", 400, code)
     with pytest.raises(RecordError) as raised:
         loader.load(f"s3://{bucket}/k.jpg")
-    assert "S3 throttled the request (SlowDown) after 2 attempts" in str(raised.value)
-    assert inject.calls["GetObject"] == 2
+    assert not isinstance(raised.value, ConfigurationError)
+    assert code in str(raised.value)
+    assert raised.value.code == code  # type: ignore[attr-defined]
+
+
+def test_a_bucket_in_another_region_is_that_records_error(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    loader = S3Loader()
+    inject.fail(loader.client, "GetObject", 301, "PermanentRedirect",
+                headers={"x-amz-bucket-region": "eu-west-1"})  # fmt: skip
+    with pytest.raises(RecordError) as raised:
+        loader.load(f"s3://{bucket}/k.jpg")
+    assert str(raised.value) == (
+        f"s3://{bucket}/k.jpg: bucket '{bucket}' is in region 'eu-west-1', not the worker's "
+        "(PermanentRedirect)"
+    )
 
 
 def test_clock_skew_is_the_workers_trouble_not_the_records(
