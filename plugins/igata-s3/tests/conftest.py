@@ -150,11 +150,16 @@ class Injector:
         self._registered: list[tuple[Any, str, Any]] = []
 
     def fail(self, client: Any, operation: str, status: int, code: str,
-             times: int | None = None, **response: Any) -> None:  # fmt: skip
-        """``response``: ``message``, ``fields``, ``headers`` of :func:`error_response`."""
+             times: int | None = None, when: Callable[[str], bool] | None = None,
+             **response: Any) -> None:  # fmt: skip
+        """``response``: ``message``, ``fields``, ``headers`` of :func:`error_response`;
+        ``when``: only requests whose URL it accepts (all by default). Every handler
+        registered for an operation sees each request: answer one error at a time."""
         state = {"left": times}
 
-        def handler(**_: Any) -> Any:
+        def handler(request: Any = None, **_: Any) -> Any:
+            if when is not None and not when(getattr(request, "url", "")):
+                return None
             self.calls[operation] = self.calls.get(operation, 0) + 1
             if state["left"] is not None:
                 if state["left"] <= 0:

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import Envelope
+from igata_core.components import ConfigurationError, Envelope
 from igata_s3 import ledger as ledger_module
-from igata_s3.client import s3_client
+from igata_s3.client import ClientSettings, s3_client
 from igata_s3.ledger import LocalLedger, S3Ledger
 from igata_s3.source import S3Source
 
@@ -101,8 +101,9 @@ def test_s3_ledger_writes_segments_in_batches_and_at_close(
             for o in listed
         }  # fmt: skip
 
+    assert segments() == {"jobs/job-1/r1-00000.jsonl": []}, "written empty at open"
     ledger.record([("s3://x/1", "e")])
-    assert segments() == {}, "one ack is below the batch: not written yet"
+    assert segments() == {"jobs/job-1/r1-00000.jsonl": []}, "one ack is below the batch"
     ledger.record([("s3://x/2", "e")])
     assert segments() == {"jobs/job-1/r1-00000.jsonl": ["s3://x/1", "s3://x/2"]}
     ledger.record([("s3://x/3", "e"), ("s3://x/4", "e")])
@@ -137,12 +138,72 @@ def test_s3_ledger_job_rerun(s3: Any, bucket: str) -> None:
     second.close()
 
 
-def test_s3_ledger_write_failure_is_not_fatal(s3: Any, bucket: str, inject: Any) -> None:
-    ledger = S3Ledger(f"s3://{bucket}/l", "r1", s3_client, flush_records=1)
+def _quick_client() -> Any:
+    return s3_client(10, ClientSettings(max_attempts=1))
+
+
+@pytest.mark.parametrize(("status", "code"), [(500, "InternalError"), (503, "SlowDown")])
+def test_s3_ledger_write_outage_is_not_fatal(
+    s3: Any, bucket: str, inject: Any, status: int, code: str
+) -> None:
+    ledger = S3Ledger(f"s3://{bucket}/l", "r1", _quick_client, flush_records=1)
     ledger.open()
-    inject.fail(s3_client(), "PutObject", 403, "AccessDenied", times=1)
+    inject.fail(_quick_client(), "PutObject", status, code, times=1)
     ledger.record([("s3://x/1", "e")])  # logged, kept pending
+    assert ledger.refused is None
     ledger.record([("s3://x/2", "e")])
     ledger.close()
     body = s3.get_object(Bucket=bucket, Key="l/r1-00000.jsonl")["Body"].read()
     assert [json.loads(line)["identity"] for line in body.splitlines()] == ["s3://x/1", "s3://x/2"]
+
+
+def test_an_s3_ledger_in_a_bucket_that_does_not_exist_is_a_configuration_error(
+    s3: Any, bucket: str
+) -> None:
+    source = S3Source({"inputs": [f"s3://{bucket}/"], "ledger": "s3://no-such-ledgers/job"})
+    with pytest.raises(ConfigurationError) as raised:
+        source.open()
+    assert str(raised.value) == (
+        "s3: the bucket 'no-such-ledgers' of the ledger s3://no-such-ledgers/job does not "
+        "exist (NoSuchBucket); create it or fix the source option 'ledger'"
+    )
+
+
+@pytest.mark.parametrize("operation", ["ListObjectsV2", "GetObject", "PutObject"])
+def test_an_s3_ledger_the_worker_may_not_use_is_a_configuration_error_at_open(
+    s3: Any, bucket: str, inject: Any, operation: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="l/old-00000.jsonl", Body=b'{"identity": "a"}\n')
+    inject.fail(s3_client(), operation, 403, "AccessDenied")
+    ledger = S3Ledger(f"s3://{bucket}/l", "r1", s3_client)
+    with pytest.raises(ConfigurationError) as raised:
+        ledger.open()
+    message = str(raised.value)
+    assert message.startswith("s3: access denied while ")
+    assert f"s3:PutObject on arn:aws:s3:::{bucket}/l/*" in message
+
+
+def test_an_s3_ledger_refused_during_the_run_stops_the_source(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    for key in ["a.jpg", "b.jpg", "c.jpg"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    source = _source({"inputs": [f"s3://{bucket}/"], "ledger": f"s3://{bucket}/l",
+                      "ledger_flush_records": 1})  # fmt: skip
+    envelopes = source.envelopes()
+    first = next(envelopes)
+    inject.fail(source.client, "PutObject", 403, "AccessDenied")
+    source.ack([first])  # the ledger write is refused: logged, remembered
+    with pytest.raises(ConfigurationError, match=r"access denied while writing the ledger"):
+        next(envelopes)
+    source.close()
+
+
+def test_a_local_ledger_that_cannot_be_opened_is_a_configuration_error(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    source = S3Source({"inputs": [f"s3://{bucket}/"],
+                       "ledger": str(tmp_path / "a-file" / "ledger.jsonl")})  # fmt: skip
+    with pytest.raises(ConfigurationError, match=r"s3: cannot open the ledger .*a-file"):
+        source.open()

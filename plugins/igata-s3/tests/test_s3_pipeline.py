@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from igata_core.components import Envelope, Item, Source
 from igata_core.predictor import PredictorBase
 from igata_core.testing import run_pipeline
 
@@ -69,24 +70,20 @@ def test_mixed_good_and_bad_objects(s3: Any, bucket: str, out_bucket: str,
     }
     for key, body in {**good, **bad}.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
-    inputs = [
-        f"s3://{bucket}/data/",
-        f"s3://{bucket}/missing.jpg,s3://no-such-bucket-zz/x.jpg",
-    ]
+    inputs = [f"s3://{bucket}/data/", f"s3://{bucket}/missing.jpg"]
     result = run_pipeline("s3", "s3-jsonl", ShapePredictor, inputs=inputs,
                           sink_options={"bucket": out_bucket}, concurrency=8,
                           chunk_size=4, flush_interval=0.1)  # fmt: skip
 
     assert result.exit_code == 1
     assert result.summary["succeeded"] == len(good)
-    assert result.summary["failed"] == 5
+    assert result.summary["failed"] == 4
     errors = {o.input: o for o in result.outcomes}
     expected = {
         f"s3://{bucket}/data/truncated.jpg": ("decode", "corrupt or truncated image"),
         f"s3://{bucket}/data/empty.jpg": ("decode", "empty file (0 bytes)"),
         f"s3://{bucket}/data/not-an-image.jpg": ("decode", "not an image"),
         f"s3://{bucket}/missing.jpg": ("load", "no such key 'missing.jpg'"),
-        "s3://no-such-bucket-zz/x.jpg": ("load", "bucket 'no-such-bucket-zz' does not exist"),
     }
     assert set(errors) == set(expected)
     for uri, (stage, text) in expected.items():
@@ -299,3 +296,174 @@ def test_a_refused_clock_stops_the_run_on_a_strict_s3(
     s3.put_object(Bucket=bucket, Key="a.jpg", Body=make_image("JPEG"))
     skewed_clock()
     _skewed_run(bucket, out_bucket)
+
+
+# -- the three kinds of service error, end to end --------------------------------------------
+
+
+class RequestSource(Source):
+    """Requests naming S3 objects, one per envelope, as the SQS sources deliver them: the
+    buckets and keys come from the messages, not from the worker's options."""
+
+    name = "test-requests"
+
+    def __init__(self, uris: list[str]):
+        super().__init__()
+        self.uris = uris
+        self.acked: list[str] = []
+        self.nacked: list[str] = []
+
+    def envelopes(self) -> Any:
+        for number, uri in enumerate(self.uris):
+            yield Envelope(ref=uri, items=[Item(identity=f"request-{number}", uri=uri)])
+
+    def ack(self, envelopes: Any) -> None:
+        self.acked += [e.ref for e in envelopes]
+
+    def nack(self, envelopes: Any) -> None:
+        self.nacked += [e.ref for e in envelopes]
+
+
+def test_requests_naming_a_missing_bucket_key_or_a_denied_object_fail_alone(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any, inject: Any
+) -> None:
+    from igata_s3.client import s3_client
+
+    for key in ["a.png", "b.png", "secret.png"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=make_image("PNG"))
+    inject.fail(s3_client(), "GetObject", 403, "AccessDenied",
+                when=lambda url: url.endswith("/secret.png"))  # fmt: skip
+    good = [f"s3://{bucket}/a.png", f"s3://{bucket}/b.png"]
+    bad = {
+        "s3://no-such-bucket-zz/x.png": "bucket 'no-such-bucket-zz' does not exist",
+        f"s3://{bucket}/missing.png": "no such key 'missing.png'",
+        f"s3://{bucket}/secret.png": "access denied (AccessDenied)",
+    }
+    source = RequestSource([good[0], *bad, good[1]])
+    result = run_pipeline(source, "s3-jsonl", ShapePredictor,
+                          sink_options={"bucket": out_bucket}, flush_interval=0.1)  # fmt: skip
+    assert result.exit_code == 1, result.summary
+    assert sorted(source.acked) == sorted(good), "the other requests go on"
+    assert sorted(source.nacked) == sorted(bad), "each bad request is its own error"
+    messages = {o.input: (o.stage, o.message) for o in result.outcomes}
+    for uri, text in bad.items():
+        assert messages[uri][0] == "load" and text in messages[uri][1], messages[uri]
+    assert sorted(r["igata_input"] for r in _jsonl_records(s3, out_bucket)) == sorted(good)
+
+
+def test_credentials_refused_while_loading_stop_the_run_with_nothing_settled(
+    s3: Any, bucket: str, make_image: Any, inject: Any
+) -> None:
+    from igata_s3.client import s3_client
+
+    for key in ["a.png", "b.png"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=make_image("PNG"))
+    inject.fail(s3_client(), "GetObject", 403, "InvalidAccessKeyId")
+    source = RequestSource([f"s3://{bucket}/a.png", f"s3://{bucket}/b.png"])
+    started = time.monotonic()
+    result = run_pipeline(source, "null", ShapePredictor)
+    assert result.exit_code == 2, result.summary
+    assert time.monotonic() - started < 10
+    assert "InvalidAccessKeyId: S3 does not know the access key id" in result.summary["reason"]
+    assert source.acked == [] and source.nacked == [], "no request is failed for the worker"
+    assert result.summary["failed"] == 0
+
+
+def test_a_wrong_secret_stops_the_run_on_a_strict_s3(
+    s3: Any, bucket: str, make_image: Any, strict_s3: None, wrong_secret: Any
+) -> None:
+    s3.put_object(Bucket=bucket, Key="a.png", Body=make_image("PNG"))
+    wrong_secret()
+    source = RequestSource([f"s3://{bucket}/a.png"])
+    result = run_pipeline(source, "null", ShapePredictor)
+    assert result.exit_code == 2, result.summary
+    assert "(SignatureDoesNotMatch: the secret key" in result.summary["reason"]
+    assert source.acked == [] and source.nacked == []
+
+
+def test_a_throttled_input_pauses_then_stops_the_run_without_failing_records(
+    s3: Any, bucket: str, make_image: Any, inject: Any
+) -> None:
+    from igata_s3.client import ClientSettings, s3_client
+
+    s3.put_object(Bucket=bucket, Key="a.png", Body=make_image("PNG"))
+    inject.fail(s3_client(10, ClientSettings(max_attempts=1)), "GetObject", 503, "SlowDown")
+    source = RequestSource([f"s3://{bucket}/a.png"])
+    result = run_pipeline(source, "null", ShapePredictor, load_retry_budget=1.0,
+                          loader_options={"s3": {"max_attempts": 1}})  # fmt: skip
+    assert result.exit_code == 3, result.summary
+    assert result.summary["reason"].startswith("input unavailable for 1 s: s3: S3 throttled")
+    assert source.acked == [] and source.nacked == [] and result.outcomes == []
+
+
+def test_an_input_bucket_that_does_not_exist_stops_the_run_before_anything_is_read(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any
+) -> None:
+    s3.put_object(Bucket=bucket, Key="a.png", Body=make_image("PNG"))
+    result = run_pipeline("s3", "s3-jsonl", ShapePredictor,
+                          inputs=[f"s3://{bucket}/a.png", "s3://no-such-bucket-zz/x.png"],
+                          sink_options={"bucket": out_bucket})  # fmt: skip
+    assert result.exit_code == 2, result.summary
+    assert result.summary["reason"] == (
+        "source 's3' is misconfigured: s3: the bucket 'no-such-bucket-zz' of the input "
+        "s3://no-such-bucket-zz/x.png does not exist (NoSuchBucket); create it or fix the "
+        "input (the command's INPUTS)"
+    )
+    assert result.summary["read"] == 0
+    assert s3.list_objects_v2(Bucket=out_bucket).get("KeyCount") == 0
+
+
+class DeletesTheOutputBucket(ShapePredictor):
+    """Deletes the (still empty) output bucket before its first prediction."""
+
+    bucket = ""
+
+    def predict(self, input_record: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        from igata_s3.client import s3_client
+
+        if self.bucket:
+            s3_client().delete_bucket(Bucket=self.bucket)
+            type(self).bucket = ""
+        return super().predict(input_record, meta)
+
+
+def test_an_output_bucket_deleted_during_the_run_stops_it_with_nothing_acked(
+    s3: Any, bucket: str, out_bucket: str, make_image: Any, tmp_path: Path
+) -> None:
+    for i in range(3):
+        s3.put_object(Bucket=bucket, Key=f"{i}.png", Body=make_image("PNG"))
+    DeletesTheOutputBucket.bucket = out_bucket
+    ledger = tmp_path / "ledger.jsonl"
+    result = run_pipeline("s3", "s3-jsonl", DeletesTheOutputBucket, inputs=[f"s3://{bucket}/"],
+                          source_options={"ledger": str(ledger)},
+                          sink_options={"bucket": out_bucket}, sink_retry_budget=30,
+                          flush_interval=0.1)  # fmt: skip
+    assert result.exit_code == 2, result.summary
+    assert result.summary["reason"].startswith(
+        "sink 's3-jsonl' is misconfigured: s3-jsonl: the output bucket 'igata-out' does not "
+        "exist (NoSuchBucket)"
+    )
+    assert result.summary["acked"] == 0 and ledger.read_text() == ""
+
+
+@pytest.mark.parametrize("source", ["s3", "files"])
+def test_an_output_bucket_that_does_not_exist_is_a_usage_error_of_the_cli(
+    aws: Any, s3: Any, bucket: str, make_image: Any, tmp_path: Path, source: str
+) -> None:
+    image = make_image("PNG")
+    s3.put_object(Bucket=bucket, Key="a.png", Body=image)
+    (tmp_path / "a.png").write_bytes(image)
+    given = f"s3://{bucket}/a.png" if source == "s3" else str(tmp_path / "a.png")
+    ledger = tmp_path / "ledger.jsonl"
+    ledger_options = ["--source-opt", f"ledger={ledger}"] if source == "s3" else []
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "igata_core", "-q", "run", "--source", source,
+         "--sink", "s3-csv", "--sink-opt", "bucket=no-such-output", *ledger_options,
+         "--sink-retry-budget", "60", "--predictor", "shapepred:ShapePredictor", given],
+        env=_worker_env(aws, tmp_path), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 20, "at once, not after the sink's retry budget"
+    assert "the output bucket 'no-such-output' does not exist (NoSuchBucket)" in done.stderr
+    assert not ledger.exists() or ledger.read_text() == "", "nothing acked"

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import RECORD_ID_KEY, RECORD_INPUT_KEY, RunContext, ServiceUnavailable
+from igata_core.components import (
+    RECORD_ID_KEY,
+    RECORD_INPUT_KEY,
+    ConfigurationError,
+    RunContext,
+    ServiceUnavailable,
+)
 from igata_core.options import OptionsError
 from igata_core.plugins import build_registry
 from igata_s3 import sinks as sinks_module
@@ -276,11 +282,36 @@ def test_bad_options_are_usage_errors_before_any_io(options: dict[str, Any], pro
     assert problem in str(raised.value)
 
 
-def test_a_missing_output_bucket_fails_at_open(aws: Any) -> None:
+def test_a_missing_output_bucket_is_a_configuration_error_at_open(aws: Any) -> None:
     sink = S3JsonlSink({"bucket": "no-such-output"}, RunContext(run_id="r"))
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises(ConfigurationError) as raised:
         sink.open()
-    assert "output bucket 'no-such-output' does not exist" in str(raised.value)
+    assert str(raised.value) == (
+        "s3-jsonl: the output bucket 'no-such-output' does not exist (NoSuchBucket); create "
+        "it or fix the sink option 'bucket' (OUTPUT_CTXMGR_OUTPUT_S3_BUCKET)"
+    )
+
+
+def test_an_output_bucket_in_another_region_is_a_configuration_error_at_open(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = S3CsvSink({"bucket": out_bucket}, RunContext(run_id="r"))
+    inject.fail(sink.client, "HeadBucket", 301, "301", headers={"x-amz-bucket-region": "eu-west-1"})
+    with pytest.raises(ConfigurationError, match=r"is in region 'eu-west-1', not the worker's"):
+        sink.open()
+
+
+def test_an_output_bucket_deleted_during_the_run_is_a_configuration_error(
+    s3: Any, out_bucket: str
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    s3.delete_bucket(Bucket=out_bucket)
+    sink.put_records(_records(2))
+    with pytest.raises(ConfigurationError, match=r"output bucket 'igata-out' does not exist"):
+        sink.flush()
+    s3.create_bucket(Bucket=out_bucket)
+    sink.flush()  # not sticky: the records were kept
+    assert len(_csv_rows(_objects(s3, out_bucket)["run-1/part-00000.csv"])) == 2
 
 
 def test_a_bucket_the_worker_may_not_list_is_checked_at_the_first_upload(
@@ -292,6 +323,147 @@ def test_a_bucket_the_worker_may_not_list_is_checked_at_the_first_upload(
     sink.put_records(_records(1))
     sink.close()
     assert list(_objects(s3, out_bucket)) == ["run-1/part-00000.csv"]
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "AllAccessDisabled"])
+def test_an_upload_denied_is_a_configuration_error(
+    s3: Any, out_bucket: str, inject: Any, code: str
+) -> None:
+    sink = _sink(S3JsonlSink, out_bucket, prefix="results/")
+    inject.fail(sink.client, "PutObject", 403, code)
+    sink.put_records(_records(2))
+    with pytest.raises(ConfigurationError) as raised:
+        sink.flush()
+    assert str(raised.value).startswith(
+        f"s3-jsonl: access denied while uploading s3://{out_bucket}/results/run-1/part-00000"
+        f".jsonl ({code}); the worker's credentials need s3:PutObject on "
+        f"arn:aws:s3:::{out_bucket}/results/*"
+    )
+
+
+@pytest.mark.parametrize(
+    ("operation", "size"), [("PutObject", 10), ("CreateMultipartUpload", 6 * sinks_module.MIB)]
+)
+def test_refused_credentials_are_a_configuration_error(
+    s3: Any, out_bucket: str, inject: Any, monkeypatch: pytest.MonkeyPatch, operation: str,
+    size: int
+) -> None:  # fmt: skip
+    monkeypatch.setattr(sinks_module, "MULTIPART_THRESHOLD", 5 * sinks_module.MIB)
+    sink = _sink(S3JsonlSink, out_bucket)
+    inject.fail(sink.client, operation, 403, "InvalidAccessKeyId")
+    sink.put_records([{RECORD_ID_KEY: "big", "blob": "x" * size}])
+    with pytest.raises(
+        ConfigurationError,
+        match=r"refused the worker's credentials while "
+        r"uploading .*\(InvalidAccessKeyId: S3 does not know the access key id\)",
+    ):
+        sink.flush()
+
+
+def test_a_wrong_secret_on_a_strict_s3_is_a_configuration_error(
+    s3: Any, out_bucket: str, strict_s3: None, wrong_secret: Any
+) -> None:
+    wrong_secret()
+    sink = S3CsvSink({"bucket": out_bucket}, RunContext(run_id="r"))
+    sink.open()  # a HEAD's bare 403 does not say why: the upload does
+    sink.put_records(_records(1))
+    with pytest.raises(ConfigurationError, match=r"\(SignatureDoesNotMatch: the secret key"):
+        sink.flush()
+
+
+def test_no_credentials_at_all_is_a_configuration_error(aws: Any, no_credentials: None) -> None:
+    sink = S3CsvSink({"bucket": "igata-out"}, RunContext(run_id="r"))
+    with pytest.raises(ConfigurationError, match=r"cannot sign requests to S3 .*NoCredentials"):
+        sink.open()
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(503, "SlowDown"), (500, "InternalError"), (400, "RequestTimeout"), (502, "BadGateway")],
+)
+def test_an_upload_outage_is_retried_not_a_configuration_error(
+    s3: Any, out_bucket: str, inject: Any, status: int, code: str
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket, max_attempts=1)
+    inject.fail(sink.client, "PutObject", status, code, times=1)
+    sink.put_records(_records(2))
+    with pytest.raises(Exception) as raised:
+        sink.flush()
+    assert not isinstance(raised.value, ConfigurationError)
+    assert code in str(raised.value)
+    assert sink.flush() == []
+    assert len(_csv_rows(_objects(s3, out_bucket)["run-1/part-00000.csv"])) == 2
+
+
+def test_an_output_bucket_that_cannot_be_checked_for_an_outage_is_left_to_the_upload(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = S3CsvSink({"bucket": out_bucket, "max_attempts": 1}, RunContext(run_id="run-1"))
+    inject.fail(sink.client, "HeadBucket", 503, "503", times=1)
+    sink.open()
+    sink.put_records(_records(1))
+    sink.close()
+    assert list(_objects(s3, out_bucket)) == ["run-1/part-00000.csv"]
+
+
+def test_a_record_too_large_for_the_store_alone_is_that_records_error(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = _sink(S3JsonlSink, out_bucket, part_max_records=2)
+    records = _records(5)
+    sink.put_records(records[:2])
+    assert sink.flush() == []  # part 0 is full: the next records start part 1
+    # A redelivered record (skipped), then one the store refuses as too large.
+    assert sink.put_records([records[0]]) == []
+    assert sink.put_records([records[2]]) == []
+    inject.fail(sink.client, "PutObject", 400, "EntityTooLarge", times=1)
+    (rejection,) = sink.flush()
+    assert rejection.index == 1, "its position among the records put since the last flush"
+    assert rejection.error_type == "EntityTooLarge"
+    assert rejection.message.startswith("S3 refused the part object holding only this record (")
+    sink.put_records(records[3:])
+    assert sink.flush() == []
+    sink.close()
+    objects = _objects(s3, out_bucket)
+    assert list(objects) == ["run-1/part-00000.jsonl", "run-1/part-00001.jsonl"]
+    ids = [json.loads(line)[RECORD_ID_KEY] for data in objects.values()
+           for line in data.decode().splitlines()]  # fmt: skip
+    assert ids == [r[RECORD_ID_KEY] for r in records[:2] + records[3:]]
+
+
+def test_a_rejection_index_counts_every_record_put_since_the_last_flush(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = _sink(S3JsonlSink, out_bucket, max_attempts=1)
+    unserialisable, big = _records(2)
+    unserialisable["bad"] = float("nan")
+    assert [r.index for r in sink.put_records([unserialisable])] == [0]
+    inject.fail(sink.client, "PutObject", 500, "InternalError", times=1)
+    sink.put_records([big])
+    with pytest.raises(Exception, match="InternalError"):
+        sink.flush()  # an outage: the record stays, its index too
+    inject.remove()
+    inject.fail(sink.client, "PutObject", 400, "EntityTooLarge", times=1)
+    (rejection,) = sink.flush()
+    assert rejection.index == 1
+    assert sink.flush() == []
+    assert _objects(s3, out_bucket) == {}
+
+
+def test_parts_larger_than_the_store_accepts_are_a_configuration_error(
+    s3: Any, out_bucket: str, inject: Any
+) -> None:
+    sink = _sink(S3CsvSink, out_bucket)
+    inject.fail(sink.client, "PutObject", 400, "EntityTooLarge")
+    sink.put_records(_records(3))
+    with pytest.raises(ConfigurationError) as raised:
+        sink.flush()
+    message = str(raised.value)
+    assert message.startswith(
+        f"s3-csv: S3 refused part 0 (s3://{out_bucket}/run-1/part-00000.csv, "
+    )
+    assert "3 records) as too large (EntityTooLarge)" in message
+    assert "lower the sink option 'part_max_bytes' (now 16777216) and --chunk-size" in message
 
 
 # The default template after a run id of 5 characters, with the longest part number the

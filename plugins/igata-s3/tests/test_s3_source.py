@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from igata_core.components import Envelope, RunContext, ServiceUnavailable
+from igata_core.components import ConfigurationError, Envelope, RunContext, ServiceUnavailable
 from igata_core.options import OptionsError
 from igata_core.plugins import build_registry
 from igata_s3.source import S3Source, split_inputs
@@ -113,19 +113,102 @@ def test_bad_inputs_become_error_records_and_the_rest_goes_on(s3: Any, bucket: s
     s3.put_object(Bucket=bucket, Key="p/a.jpg", Body=b"x")
     s3.create_bucket(Bucket="not-allowed")
     source = _opened({
-        "inputs": ["http://example.com/x.jpg", "s3://no-such-bucket-x/p/", f"s3://{bucket}/p/",
-                   "s3://not-allowed/", f"s3://{bucket}/missing.jpg"],
-        "allowed_buckets": [bucket, "no-such-bucket-x"],
+        "inputs": ["http://example.com/x.jpg", f"s3://{bucket}/p/", "s3://not-allowed/",
+                   f"s3://{bucket}/missing.jpg"],
+        "allowed_buckets": [bucket],
     })  # fmt: skip
     envelopes = list(source.envelopes())
     errors = {e.ref: e.items[0].error for e in envelopes if e.items[0].error}
     assert "scheme 'http' is not 's3'" in errors["http://example.com/x.jpg"]
-    assert "bucket 'no-such-bucket-x' does not exist" in errors["s3://no-such-bucket-x/p/"]
     assert "bucket 'not-allowed' is not in allowed_buckets" in errors["s3://not-allowed/"]
     # An object named one by one is not checked here: the loader reports it precisely.
     good = [e.ref for e in envelopes if not e.items[0].error]
     assert good == [f"s3://{bucket}/p/a.jpg", f"s3://{bucket}/missing.jpg"]
-    assert source.total() == 5
+    assert source.total() == 4
+
+
+@pytest.mark.parametrize("given", ["s3://no-such-bucket-x/p/", "s3://no-such-bucket-x",
+                                   "s3://no-such-bucket-x/k.jpg"])  # fmt: skip
+def test_an_input_bucket_that_does_not_exist_is_a_configuration_error_at_open(
+    s3: Any, bucket: str, given: str
+) -> None:
+    s3.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
+    source = S3Source({"inputs": [f"s3://{bucket}/", given]})
+    with pytest.raises(ConfigurationError) as raised:
+        source.open()
+    assert str(raised.value) == (
+        f"s3: the bucket 'no-such-bucket-x' of the input {given} does not exist "
+        "(NoSuchBucket); create it or fix the input (the command's INPUTS)"
+    )
+    assert source.total() is None or source.total() >= 1, "total() does not raise"
+
+
+def test_one_check_per_input_bucket_at_open(s3: Any, bucket: str, inject: Any) -> None:
+    s3.create_bucket(Bucket="other-in")
+    source = S3Source({"inputs": [f"s3://{bucket}/a/", f"s3://{bucket}/b/", f"s3://{bucket}/k.jpg",
+                                  "s3://other-in/x.jpg", "s3://other-in/y.jpg"]})  # fmt: skip
+    inject.count(source.client, "ListObjectsV2")
+    inject.count(source.client, "HeadBucket")
+    source.open()
+    assert inject.calls == {"ListObjectsV2": 1, "HeadBucket": 1}
+
+
+@pytest.mark.parametrize("code", ["AccessDenied", "AllAccessDisabled"])
+def test_an_input_prefix_the_worker_may_not_list_is_a_configuration_error(
+    s3: Any, bucket: str, inject: Any, code: str
+) -> None:
+    source = S3Source({"inputs": [f"s3://{bucket}/p/"]})
+    inject.fail(source.client, "ListObjectsV2", 403, code)
+    with pytest.raises(ConfigurationError) as raised:
+        source.open()
+    assert str(raised.value).startswith(
+        f"s3: access denied while listing s3://{bucket}/p/ ({code}); the worker's "
+        f"credentials need s3:ListBucket on arn:aws:s3:::{bucket} (for the prefix 'p/')"
+    )
+
+
+def test_a_listing_denied_after_open_stops_the_source_too(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    source = _opened({"inputs": [f"s3://{bucket}/p/"]})
+    inject.fail(source.client, "ListObjectsV2", 403, "AccessDenied")
+    with pytest.raises(ConfigurationError, match=r"access denied while listing .*AccessDenied"):
+        list(source.envelopes())
+
+
+def test_a_bucket_of_named_objects_the_worker_may_not_head_is_left_to_the_loader(
+    s3: Any, bucket: str, inject: Any
+) -> None:
+    # A worker may read objects without s3:ListBucket: a HEAD's 403 says nothing more.
+    source = S3Source({"inputs": [f"s3://{bucket}/k.jpg"]})
+    inject.fail(source.client, "HeadBucket", 403, "403")
+    source.open()
+    assert _refs(list(source.envelopes())) == [f"s3://{bucket}/k.jpg"]
+
+
+@pytest.mark.parametrize("code", ["InvalidAccessKeyId", "SignatureDoesNotMatch"])
+def test_refused_credentials_are_a_configuration_error(
+    s3: Any, bucket: str, inject: Any, code: str
+) -> None:
+    source = S3Source({"inputs": [f"s3://{bucket}/p/"]})
+    inject.fail(source.client, "ListObjectsV2", 403, code)
+    with pytest.raises(ConfigurationError, match=f"refused the worker's credentials.*{code}"):
+        source.open()
+
+
+def test_a_wrong_secret_on_a_strict_s3_is_a_configuration_error(
+    s3: Any, bucket: str, strict_s3: None, wrong_secret: Any
+) -> None:
+    wrong_secret()
+    source = S3Source({"inputs": [f"s3://{bucket}/p/"]})
+    with pytest.raises(ConfigurationError, match=r"\(SignatureDoesNotMatch: the secret key"):
+        source.open()
+
+
+def test_no_credentials_at_all_is_a_configuration_error(aws: Any, no_credentials: None) -> None:
+    source = S3Source({"inputs": ["s3://igata-in/p/"]})
+    with pytest.raises(ConfigurationError, match=r"cannot sign a request .*NoCredentialsError"):
+        source.open()
 
 
 def test_allowed_buckets_never_lists_another_bucket(s3: Any, bucket: str, inject: Any) -> None:
@@ -138,22 +221,24 @@ def test_allowed_buckets_never_lists_another_bucket(s3: Any, bucket: str, inject
     assert inject.calls == {}
 
 
-def test_listing_denied_is_that_inputs_error(s3: Any, bucket: str, inject: Any) -> None:
-    source = _opened({"inputs": [f"s3://{bucket}/p/"]})
-    inject.fail(source.client, "ListObjectsV2", 403, "AccessDenied")
-    (envelope,) = list(source.envelopes())
-    assert "access denied (AccessDenied)" in (envelope.items[0].error or "")
-    assert "s3:ListBucket" in (envelope.items[0].error or "")
+def test_another_listing_error_is_that_inputs_error(s3: Any, bucket: str, inject: Any) -> None:
+    source = _opened({"inputs": [f"s3://{bucket}/p/", f"s3://{bucket}/q/"]})
+    inject.fail(source.client, "ListObjectsV2", 400, "InvalidArgument", times=1)
+    first, *rest = list(source.envelopes())
+    assert "S3 error InvalidArgument (HTTP 400)" in (first.items[0].error or "")
+    assert rest == []
 
 
-def test_listing_throttled_beyond_retries_stops_as_unavailable(
-    s3: Any, bucket: str, inject: Any
+@pytest.mark.parametrize(("status", "code"), [(503, "SlowDown"), (500, "InternalError")])
+def test_listing_throttled_or_failing_beyond_retries_stops_as_unavailable(
+    s3: Any, bucket: str, inject: Any, status: int, code: str
 ) -> None:
     source = _opened({"inputs": [f"s3://{bucket}/p/"], "max_attempts": 1})
-    inject.fail(source.client, "ListObjectsV2", 503, "SlowDown")
+    inject.fail(source.client, "ListObjectsV2", status, code)
     with pytest.raises(ServiceUnavailable) as raised:
         list(source.envelopes())
-    assert "S3 is throttling or unavailable" in str(raised.value)
+    assert not isinstance(raised.value, ConfigurationError)
+    assert f"while listing s3://{bucket}/p/ ({code}, HTTP {status})" in str(raised.value)
 
 
 def test_listing_with_a_refused_clock_stops_as_unavailable(
