@@ -31,3 +31,14 @@ class ExitMidRun(Size):
         with Path(os.environ["CONFORMANCE_SEEN"]).open("a") as seen:
             seen.write(f"{meta.get('request_id')}\n")
         return super().predict(input_record, meta)
+
+
+class Echo(PredictorBase):
+    """One finding per image, echoing the request's ``value`` field when it has one (the
+    corpus's numbers reach the sinks this way)."""
+
+    def predict(self, input_record: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        finding: dict[str, Any] = {"label": "corpus", "height": int(input_record.shape[0])}
+        if "value" in meta:
+            finding["value"] = meta["value"]
+        return {"result": [finding]}
