@@ -206,8 +206,13 @@ def value_size(value: Any) -> int:
     if isinstance(value, bool) or value is None:
         return 1
     if isinstance(value, Decimal):
-        digits = len(value.as_tuple().digits)
-        return (digits + 1) // 2 + 1
+        # As DynamoDB Local's reckoning (dynalite): a byte per two significant digits, one
+        # more, one for an even exponent with an even digit count, one for a minus sign.
+        sign, digits, _ = value.as_tuple()
+        if not value:
+            return 1
+        even = len(digits) % 2 == 0 and value.adjusted() % 2 == 0
+        return 1 + (len(digits) + 1) // 2 + (1 if even else 0) + (1 if sign else 0)
     if isinstance(value, dict):
         return 3 + sum(len(k.encode("utf-8")) + value_size(v) + 1 for k, v in value.items())
     if isinstance(value, list):

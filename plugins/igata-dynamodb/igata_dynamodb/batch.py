@@ -23,7 +23,14 @@ MAX_BATCH = 25
 
 
 class UnprocessedItemsError(Exception):
-    """Items stayed unprocessed (throttled) after every retry; the flush fails."""
+    """Items stayed unprocessed (throttled) after every retry; the flush fails (an outage).
+
+    ``unprocessed``: the requests DynamoDB handed back last; the others were written.
+    """
+
+    def __init__(self, message: str, unprocessed: Sequence[dict[str, Any]] = ()):
+        super().__init__(message)
+        self.unprocessed = list(unprocessed)
 
 
 @dataclass
@@ -79,5 +86,6 @@ def batch_write(
     raise UnprocessedItemsError(
         f"dynamodb: {len(pending)} of {len(requests)} items to table {table!r} stayed "
         f"unprocessed after {backoff.attempts} attempts (throttled: raise the table's "
-        "capacity or lower --concurrency); they stay buffered and are retried"
+        "capacity or lower --concurrency); they stay buffered and are retried",
+        pending,
     )

@@ -13,18 +13,30 @@ its items instead of adding new ones.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from igata_core.components import RECORD_ID_KEY, ErrorOutcome
 from igata_core.serialize import NotSerializable, dumps
 from igata_dynamodb.attributes import MAX_ITEM_BYTES, InvalidAttribute, flatten, item_size
 from igata_dynamodb.layout import COMPLETED, ERROR, RESULTS_HASH_KEY, Layout
 
+if TYPE_CHECKING:
+    from igata_dynamodb.tables import TableShape
+
 #: Room left in a REQUESTS item for the attributes others wrote (collection_id, …).
 REQUESTS_HEADROOM_BYTES = 10 * 1024
+#: DynamoDB's limits on key values (tables and indexes alike), in UTF-8 bytes.
+MAX_HASH_KEY_BYTES = 2048
+MAX_RANGE_KEY_BYTES = 1024
+#: What an error write keeps, so that recording a refusal is never refused itself: the
+#: newest errors of a request, each text field cut to a length, the JSON under a size.
+MAX_ERRORS_KEPT = 10
+MAX_ERROR_TEXT = 1000
+MAX_ERRORS_JSON_BYTES = 64 * 1024
+_TYPE_NAMES = {"S": "a string", "N": "a number", "B": "binary"}
 
 
 class InvalidRecord(ValueError):
@@ -36,7 +48,10 @@ class RequestWrite:
     """Everything one request needs written; lives in the sink's buffer until durable.
 
     ``items`` holds the RESULTS items not yet written, by their primary key, so a flush
-    that failed halfway retries only what is missing.
+    that failed halfway retries only what is missing. ``indexes``: the positions of the
+    records this write stands for among those put since the last flush that returned
+    (several records of one request collapse into one write). ``refused``: DynamoDB's
+    reason when it refused the write's content (then nothing more of it is written).
     """
 
     request_id: str
@@ -47,20 +62,17 @@ class RequestWrite:
     attempt: int | None = None
     items: dict[tuple[str, Any], dict[str, Any]] = field(default_factory=dict)
     results_count: int = 0
+    indexes: list[int] = field(default_factory=list)
+    refused: str | None = None
+    refused_code: str = ""
+    done: bool = False  # written (REQUESTS updated): leaves the buffer
 
-    def fail(self, message: str, stage: str = "sink") -> None:
-        """Turn a success that DynamoDB refused for good into an error write."""
-        self.state = ERROR
-        self.results_json = "[]"
+    def refuse(self, message: str, code: str) -> None:
+        """DynamoDB refused this write's content for good: write nothing more of it."""
+        if self.refused is None:
+            self.refused = message
+            self.refused_code = code
         self.items.clear()
-        self.errors = [
-            {
-                "identity": self.identity,
-                "stage": stage,
-                "error_type": "DynamoDBRefused",
-                "message": message,
-            }
-        ]
 
 
 def results_hashkey(request_id: str, position: int) -> str:
@@ -80,11 +92,90 @@ def request_id_of(fields: Mapping[str, Any], key: str) -> str | None:
     return None
 
 
+def request_id_problem(request_id: str, key: str) -> str | None:
+    """Why DynamoDB would refuse ``request_id`` as the REQUESTS hash key, or None."""
+    try:
+        size = len(request_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        return (
+            f"the request id in {key!r} holds a lone surrogate "
+            f"({exc.object[exc.start : exc.end]!r}), which is not valid UTF-8 and DynamoDB "
+            "cannot store"
+        )
+    if size > MAX_HASH_KEY_BYTES:
+        return (
+            f"the request id in {key!r} is {size} bytes; DynamoDB's hash keys hold at most "
+            f"{MAX_HASH_KEY_BYTES} bytes"
+        )
+    return None
+
+
+def key_value_problem(name: str, value: Any, type_: str | None, key_type: str) -> str | None:
+    """Why DynamoDB would refuse ``value`` for the key attribute ``name``, or None.
+
+    ``type_``: the attribute's declared type (S, N, B), None if unknown (any of the three);
+    ``key_type``: HASH or RANGE (their size limits differ).
+    """
+    actual = (
+        "S" if isinstance(value, str)
+        else "N" if isinstance(value, Decimal)
+        else "B" if isinstance(value, bytes)
+        else None
+    )  # fmt: skip
+    if actual is None or (type_ is not None and actual != type_):
+        want = _TYPE_NAMES.get(type_ or "", "a string, number or binary value")
+        got = _TYPE_NAMES.get(actual or "", f"a {type(value).__name__}")
+        return f"must be {want} ({type_ or 'S, N or B'}), not {got}"
+    if actual == "N":
+        return None
+    size = len(value.encode("utf-8")) if isinstance(value, str) else len(value)
+    if size == 0:
+        return "must not be empty"
+    limit = MAX_HASH_KEY_BYTES if key_type == "HASH" else MAX_RANGE_KEY_BYTES
+    if size > limit:
+        return (
+            f"is {size} bytes; DynamoDB allows at most {limit} bytes for a "
+            f"{'partition' if key_type == 'HASH' else 'sort'} key value"
+        )
+    return None
+
+
+def _clean_text(value: str, limit: int) -> str:
+    """``value`` as valid UTF-8 (lone surrogates become '?'), cut to ``limit`` characters."""
+    text = value.encode("utf-8", "replace").decode("utf-8")
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(value)} characters)"
+    return text
+
+
+def clean_error(error: Mapping[str, Any], limit: int = MAX_ERROR_TEXT) -> dict[str, Any]:
+    """An error outcome's dict that DynamoDB will store (see :func:`errors_json`)."""
+    return {
+        key: _clean_text(value, limit) if isinstance(value, str) else value
+        for key, value in error.items()
+    }
+
+
+def errors_json(errors: Sequence[Mapping[str, Any]]) -> str:
+    """The REQUESTS ``errors`` attribute: the newest errors, cleaned, under a size bound."""
+    kept = [clean_error(error) for error in errors[-MAX_ERRORS_KEPT:]]
+    text = dumps(kept, ensure_ascii=False)
+    while len(kept) > 1 and len(text.encode("utf-8")) > MAX_ERRORS_JSON_BYTES:
+        kept = kept[1:]
+        text = dumps(kept, ensure_ascii=False)
+    if len(text.encode("utf-8")) > MAX_ERRORS_JSON_BYTES:  # pragma: no cover - bounded above
+        text = dumps([clean_error(error, 100) for error in kept], ensure_ascii=True)
+    return text
+
+
 class RecordMapper:
     """Builds :class:`RequestWrite` objects for one table layout."""
 
-    def __init__(self, layout: Layout):
+    def __init__(self, layout: Layout, results_shape: TableShape | None = None):
         self.layout = layout
+        #: The RESULTS table as DescribeTable gave it (None if it could not be described):
+        #: the types of its keys and of its indexes' keys, checked for every item.
+        self.results_shape = results_shape
 
     def from_record(self, record: Mapping[str, Any]) -> RequestWrite:
         layout = self.layout
@@ -98,6 +189,9 @@ class RecordMapper:
                 f"naming its REQUESTS item, but {found} (set REQUESTS_TABLE_HASHKEY_KEYNAME "
                 "to the request's id field)"
             )
+        problem = request_id_problem(request_id, layout.request_key)
+        if problem:
+            raise InvalidRecord(f"dynamodb: {problem}")
         value = record.get(layout.results_key)
         elements = self._elements(value)
         parents = self._parents(record) if elements else {}
@@ -141,14 +235,14 @@ class RecordMapper:
     def from_error(self, outcome: ErrorOutcome) -> RequestWrite | None:
         """The error write for an outcome, or None when it names no request."""
         request_id = request_id_of(outcome.meta, self.layout.request_key)
-        if request_id is None:
+        if request_id is None or request_id_problem(request_id, self.layout.request_key):
             return None
         return RequestWrite(
             request_id=request_id,
             state=ERROR,
             results_json="[]",
             identity=outcome.identity,
-            errors=[outcome.to_dict()],
+            errors=[clean_error(outcome.to_dict())],
             attempt=outcome.attempt,
         )
 
@@ -201,11 +295,22 @@ class RecordMapper:
                 f"dynamodb: {where} lacks the sort key {sort_key!r} (RESULTS_SORTKEY_KEYNAME); "
                 "put it in each element or in RESULTS_ADDITIONAL_PARENT_FIELDS"
             )
-        if not isinstance(sort_value, (str, Decimal, bytes)):
+        shape = self.results_shape
+        sort_type = shape.key_types.get(sort_key) if shape is not None else None
+        problem = key_value_problem(sort_key, sort_value, sort_type, "RANGE")
+        if problem:
             raise InvalidRecord(
-                f"dynamodb: {where}: the sort key {sort_key!r} must be a string, number or "
-                f"bytes, not {type(sort_value).__name__}"
+                f"dynamodb: {where}: the sort key {sort_key!r} (RESULTS_SORTKEY_KEYNAME) {problem}"
             )
+        if shape is not None:
+            for name, (type_, index, key_type) in shape.index_keys.items():
+                if name in item and name != sort_key:
+                    problem = key_value_problem(name, item[name], type_, key_type)
+                    if problem:
+                        raise InvalidRecord(
+                            f"dynamodb: {where}: {name!r} is a key of the index {index!r} of "
+                            f"the RESULTS table {shape.name!r} and {problem}"
+                        )
         item[RESULTS_HASH_KEY] = results_hashkey(request_id, position)
         size = item_size(item)
         if size > MAX_ITEM_BYTES:

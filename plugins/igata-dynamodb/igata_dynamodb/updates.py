@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from igata_dynamodb.batch import Backoff, batch_write, chunks
+from igata_dynamodb.errors import CONDITION_FAILED, error_code
 from igata_dynamodb.layout import (
     ATTEMPT_ATTRIBUTE,
     COMPLETED,
@@ -32,18 +33,11 @@ from igata_dynamodb.layout import (
     UPDATED_AT_ATTRIBUTE,
     Layout,
 )
-from igata_dynamodb.records import RequestWrite, results_hashkey
+from igata_dynamodb.records import RequestWrite, errors_json, results_hashkey
 
 log = logging.getLogger("igata.dynamodb")
 
-CONDITION_FAILED = "ConditionalCheckFailedException"
-
-
-def error_code(exc: BaseException) -> str | None:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return response.get("Error", {}).get("Code")
-    return None
+__all__ = ["CONDITION_FAILED", "RequestUpdater", "error_code"]
 
 
 class RequestUpdater:
@@ -147,8 +141,6 @@ class RequestUpdater:
             batch_write(self.client, table, [request for _, request in chunk], self.backoff)
 
     def _write_error(self, write: RequestWrite) -> bool:
-        from igata_core.serialize import dumps
-
         names = {
             "#state": self.layout.state_key,
             "#result": self.layout.results_key,
@@ -159,7 +151,7 @@ class RequestUpdater:
             ":state": {"S": write.state},
             ":completed": {"S": COMPLETED},
             ":result": {"S": "[]"},
-            ":errors": {"S": dumps(write.errors, ensure_ascii=False)},
+            ":errors": {"S": errors_json(write.errors)},
             ":updated": {"N": str(int(time.time()))},
         }
         expression = (

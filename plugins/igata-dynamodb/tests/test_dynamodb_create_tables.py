@@ -114,8 +114,8 @@ def test_an_existing_table_keyed_otherwise_is_an_error(aws: Any, ddb: Any) -> No
         dynamodb, ["create-tables", "--requests-table", "req", "--results-table", "res"]
     )
     assert result.exit_code == 1
-    assert "table 'req' has the key schema [('id', 'HASH')]" in result.output
-    assert "[('request_id', 'HASH')]" in result.output
+    assert "table 'req' is keyed [id (HASH, S)]" in result.output
+    assert "needs [request_id (HASH, S)]" in result.output
 
 
 def test_missing_table_names_are_a_usage_error(aws: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from igata_core.components import ErrorOutcome, RunContext
+from igata_core.components import ConfigurationError, ErrorOutcome, RunContext
 from igata_dynamodb.layout import Layout
 from igata_dynamodb.sink import DynamoDbSink
 from igata_dynamodb.tables import TableProblem
@@ -296,10 +296,8 @@ def test_a_bad_record_is_rejected_and_the_others_written(
     assert len(store.results()) == 2
 
 
-def test_an_item_refused_at_flush_marks_its_request_error(
-    ddb: Any, aws: Any, make_record: Any
-) -> None:
-    """A table keyed otherwise than its name suggests refuses items we cannot pre-check."""
+def test_open_refuses_a_table_whose_keys_have_other_types(ddb: Any, aws: Any) -> None:
+    """A RESULTS table with a numeric range key would refuse every item: exit 2 at once."""
     from igata_dynamodb.tables import Capacity, requests_table_spec
 
     layout = Layout("req", "res")
@@ -317,24 +315,14 @@ def test_an_item_refused_at_flush_marks_its_request_error(
         BillingMode="PAY_PER_REQUEST",
     )
     sink = DynamoDbSink({"requests_tablename": "req", "results_tablename": "res"})
-    sink.open()
-    try:
-        sink.put_records(
-            [make_record("r1", [{"a": 1}]), make_record("r2"), make_record("r3", [{"a": 1}])]
-        )
-        sink.flush()  # refused items are recorded, not retried forever
-        assert sink.pending() == 0
-    finally:
-        sink.close()
-
-    def state(request_id: str) -> dict[str, Any]:
-        return ddb.get_item(TableName="req", Key={"request_id": {"S": request_id}})["Item"]
-
-    assert state("r2")["state"] == {"S": "completed"}
-    for request_id in ("r1", "r3"):
-        item = state(request_id)
-        assert item["state"] == {"S": "error"}
-        assert "Type mismatch" in item["errors"]["S"]
+    with pytest.raises(ConfigurationError) as raised:
+        sink.open()
+    sink.close()
+    message = str(raised.value)
+    assert "RESULTS table 'res'" in message
+    assert "keyed [hashkey (HASH, S), s3_uri (RANGE, N)]" in message
+    assert "configured for [hashkey (HASH, S), s3_uri (RANGE, S)]" in message
+    assert "igata dynamodb create-tables" in message
 
 
 def test_many_requests_in_one_flush(open_sink: Any, store: Any, make_record: Any) -> None:
@@ -371,15 +359,17 @@ def test_open_fails_when_a_table_is_keyed_otherwise(ddb: Any, layout: Layout) ->
 def test_the_original_dynamodb_endpoint_variable_is_honoured(
     layout: Layout, aws: Any, monkeypatch: pytest.MonkeyPatch, make_record: Any, store: Any
 ) -> None:
+    url = aws.url_for("dynamodb")  # moto, or a strict emulator
     monkeypatch.delenv("AWS_ENDPOINT_URL")
-    monkeypatch.setenv("DYNAMODB_ENDPOINT", aws.url)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_DYNAMODB", raising=False)
+    monkeypatch.setenv("DYNAMODB_ENDPOINT", url)
     sink = DynamoDbSink(
         {"requests_tablename": layout.requests_table, "results_tablename": layout.results_table},
         RunContext(concurrency=2),
     )
     sink.open()
     try:
-        assert sink._client.meta.endpoint_url == aws.url
+        assert sink._client.meta.endpoint_url == url
         sink.put_records([make_record("r1")])
         sink.flush()
     finally:
