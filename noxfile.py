@@ -96,14 +96,15 @@ def s3_conformance(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, name="aws-conformance")
 def aws_conformance(session: nox.Session) -> None:
-    """igata-sqs's and igata-dynamodb's tests, the bad-input corpus and the demo with SQS on
-    LocalStack and DynamoDB on dynalite (S3 and SNS on moto); see docs/aws-conformance.md."""
+    """igata-sqs's and igata-dynamodb's tests, the acceptance tests, the bad-input corpus and
+    the demo with SQS on LocalStack and DynamoDB on dynalite (S3 and SNS on moto); see
+    docs/aws-conformance.md."""
     _install_everything(session, "hypothesis", "scikit-learn", "psutil")
     emulators = ["python", "-m", "igata_core.testing.emulators"]
     session.run(*emulators, "install")
     paths = session.posargs or [
-        "plugins/igata-sqs/tests", "plugins/igata-dynamodb/tests", "tests/corpus",
-        "tests/test_testing_emulators.py",
+        "plugins/igata-sqs/tests", "plugins/igata-dynamodb/tests", "tests/conformance",
+        "tests/corpus", "tests/test_testing_emulators.py",
     ]  # fmt: skip
     # One test process: the tests share each emulator and empty it between tests.
     session.run(*emulators, "--", "pytest", "-p", "no:cacheprovider", *paths)
