@@ -1,9 +1,20 @@
-"""What a botocore failure means for one S3 object, in words a user can act on.
+"""What an S3 failure means, in words a user can act on, and which of the three kinds it is.
 
-Throttling and network errors have already been retried by botocore (``standard`` mode)
-when they reach this module. Some failures are not the object's: a worker clock that S3
-refuses (``RequestTimeTooSkewed``) fails every request of the worker alike, so it is a
-:class:`ServiceUnavailable`, never a record error.
+DESIGN.md's three kinds of service error, decided by S3's error code (the HTTP status for
+codes not listed, and for HEAD requests, which have no body):
+
+* *content*: a problem of one record (:class:`S3RecordError` from the loader, a
+  ``Rejection`` from a sink);
+* *configuration*: S3 refuses what the options ask for, or who the worker is
+  (:class:`S3ConfigurationError`: the run stops with exit code 2);
+* *outage*: throttling, 5xx, timeouts, the network, a refused clock
+  (:class:`ServiceUnavailable` or the botocore error: the engine retries).
+
+Whether a missing or denied bucket is content or configuration depends on who named it:
+:func:`describe_client_error` is for objects a *request* names (the loader),
+:func:`configured_error` for buckets and keys the *options* name (the ``s3`` source's
+inputs and ledger, the sinks' output bucket). botocore's ``standard`` retries have run
+before an error reaches this module.
 """
 
 from __future__ import annotations
