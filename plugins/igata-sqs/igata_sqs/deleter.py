@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
+from igata_core import ConfigurationError
 from igata_sqs.leases import Lease, LeaseTable
 from igata_sqs.notices import CompletionNotifier
 from igata_sqs.queue import BATCH_SIZE, SqsQueue
@@ -29,8 +31,11 @@ class Deleter:
         notices: CompletionNotifier,
         *,
         linger: float = 0.1,
+        on_refused: Callable[[ConfigurationError], None] | None = None,
     ):
         self.queue = queue
+        #: Told when SQS refuses the deletes for good (access denied, queue gone).
+        self.on_refused = on_refused
         self.leases = leases
         self.notices = notices
         self.linger = linger
@@ -86,6 +91,12 @@ class Deleter:
     def _delete(self, batch: list[Lease]) -> None:
         try:
             deleted = self.queue.delete(batch)
+        except ConfigurationError as exc:
+            log.error("sqs: deleting %d acked message(s) refused: %s; they will be delivered "
+                      "again", len(batch), exc)  # fmt: skip
+            if self.on_refused is not None:
+                self.on_refused(exc)
+            deleted = set()
         except Exception:
             log.exception("sqs: deleting %d acked message(s) failed; they will be delivered "
                           "again", len(batch))  # fmt: skip

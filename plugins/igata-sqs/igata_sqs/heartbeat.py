@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
+from igata_core import ConfigurationError
 from igata_sqs.leases import LeaseTable
 from igata_sqs.queue import SqsQueue
 
@@ -20,8 +22,17 @@ log = logging.getLogger("igata.sqs")
 
 
 class Heartbeat:
-    def __init__(self, queue: SqsQueue, leases: LeaseTable, visibility: int):
+    def __init__(
+        self,
+        queue: SqsQueue,
+        leases: LeaseTable,
+        visibility: int,
+        *,
+        on_refused: Callable[[ConfigurationError], None] | None = None,
+    ):
         self.queue = queue
+        #: Told when SQS refuses the visibility changes for good (access denied…).
+        self.on_refused = on_refused
         self.leases = leases
         self.visibility = visibility
         #: Extend when this little of the visibility is left; checked every ``interval``.
@@ -43,6 +54,13 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
+            except ConfigurationError as exc:
+                # Retrying cannot help (no permission to change visibility, queue gone).
+                if self.on_refused is not None:
+                    self.on_refused(exc)
+                else:
+                    log.error("sqs: visibility heartbeat refused: %s", exc)
+                return
             except Exception:
                 # The heartbeat must outlive any single failure; a lapse only risks a
                 # duplicate delivery, which the lease table absorbs.

@@ -165,6 +165,29 @@ class LeaseTable:
                             del self._leases[other.message_id]
         return nacked, hand_back, missing
 
+    def take_for_release(self, message_ids: list[str]) -> tuple[list[Lease], list[Lease]]:
+        """Forget messages given up unsettled; returns (them, later ones of their FIFO groups
+        to hand back with them). Messages whose delete is under way are left alone."""
+        released: list[Lease] = []
+        blocked: list[Lease] = []
+        with self._lock:
+            for message_id in message_ids:
+                lease = self._leases.get(message_id)
+                if lease is None or lease.state == DELETING:
+                    continue
+                del self._leases[message_id]
+                released.append(lease)
+            for lease in released:
+                if lease.group_id is None:
+                    continue
+                for other in list(self._leases.values()):
+                    if other.group_id == lease.group_id and other.order > lease.order:
+                        other.blocked = True
+                        if other.state in (PENDING, ACKED):
+                            blocked.append(other)
+                            del self._leases[other.message_id]
+        return released, blocked
+
     def _earlier_unsettled(self, lease: Lease) -> bool:
         return any(
             other.group_id == lease.group_id

@@ -9,8 +9,10 @@ instead: ``{"request_id": …, "collection_id": …, "status": "completed"|"erro
 "errors": [...]}``.
 
 Notices are batched per topic and split to stay under SNS's 256 KiB limit. A publish that
-fails is retried and then logged: the results are already written, a lost notice never
-undoes them, and nothing here raises.
+fails for an outage (throttling, 5xx, network) is retried and then logged; one refused
+for good (no such topic, authorization error, invalid parameter, KMS; see
+:mod:`igata_sqs.errors`) is logged at once. The results are already written, a lost
+notice never undoes them, and nothing here raises.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from igata_core import Envelope
+from igata_sqs import errors
 from igata_sqs.batching import MAX_PAYLOAD_BYTES, batches
-from igata_sqs.clients import describe, error_code
+from igata_sqs.clients import describe
 
 log = logging.getLogger("igata.sqs")
 
 _ATTEMPTS = 3
 #: Room left for the JSON wrapping and SNS's own accounting.
 _BODY_LIMIT = MAX_PAYLOAD_BYTES - 1024
-_PERMANENT = {"NotFound", "AuthorizationError", "InvalidParameter", "InvalidParameterValue"}
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,11 @@ class CompletionNotifier:
                     break
                 except Exception as exc:
                     problem = describe(exc)
-                    if error_code(exc) in _PERMANENT:
-                        break
+                    kind = errors.classify(exc)
+                    if kind == errors.CONFIGURATION:
+                        problem += f"; {errors.configuration_hint(exc)}"
+                    if kind != errors.OUTAGE:
+                        break  # refused for good: retrying cannot help
             if problem:
                 with self._lock:
                     self.unpublished += len(chunk)

@@ -1,9 +1,12 @@
 """The SQS calls of the worker: attributes, receive, and batched delete / visibility changes.
 
-Batched calls report failures per entry. Entries that failed on the service's side are
-retried a few times; entries refused for the caller's fault (an expired receipt handle)
-are logged, and the message comes back by itself (processed again; sinks write
-idempotently). Transport failures are retried by botocore's ``standard`` retry mode first.
+Batched calls report failures per entry, read with :mod:`igata_sqs.errors`. Entries that
+failed on the service's side (an outage) are retried a few times; entries refused for
+what they hold (an expired receipt handle) are logged, and the message comes back by
+itself (processed again; sinks write idempotently). A queue that does not exist, access
+denied or unknown credentials raise :class:`QueueRefused` (a
+:class:`~igata_core.ConfigurationError`): retrying cannot help. Transport failures are
+retried by botocore's ``standard`` retry mode first.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from igata_sqs.clients import describe, error_code
+from igata_core import ConfigurationError
+from igata_sqs import errors
+from igata_sqs.clients import describe
 from igata_sqs.leases import Lease
 
 log = logging.getLogger("igata.sqs")
@@ -29,8 +34,25 @@ _ENTRY_ATTEMPTS = 3
 RECEIVE_ATTRIBUTES = ["ApproximateReceiveCount", "MessageGroupId", "SequenceNumber"]
 
 
-class QueueMissing(Exception):
+class QueueRefused(ConfigurationError):
+    """SQS refuses this queue to these credentials (access denied, unknown credentials, a
+    KMS key they may not use): a configuration error."""
+
+
+class QueueMissing(QueueRefused):
     """The queue does not exist (or this identity may not see it)."""
+
+
+def refused(url: str, what: str, exc: BaseException | dict[str, Any]) -> QueueRefused:
+    """The :class:`QueueRefused` (or :class:`QueueMissing`) for a configuration error."""
+    problem = errors.entry_text(exc) if isinstance(exc, dict) else describe(exc)
+    hint = errors.configuration_hint(exc)
+    if errors.has_code(exc, errors.MISSING_QUEUE_CODES):
+        return QueueMissing(
+            f"sqs: queue {url} does not exist or is not visible to these credentials "
+            f"({problem}); {hint}"
+        )
+    return QueueRefused(f"sqs: {what} on queue {url} refused ({problem}); {hint}")
 
 
 @dataclass(frozen=True)
@@ -59,11 +81,8 @@ class SqsQueue:
                 QueueUrl=self.url, AttributeNames=["All"]
             )["Attributes"]
         except Exception as exc:
-            if error_code(exc) in _MISSING_CODES:
-                raise QueueMissing(
-                    f"sqs: queue {self.url} does not exist or is not visible to these "
-                    f"credentials ({describe(exc)}); check the queue URL and the endpoint"
-                ) from None
+            if errors.classify(exc) == errors.CONFIGURATION:
+                raise refused(self.url, "GetQueueAttributes", exc) from None
             raise
         max_receive: int | None = None
         dead_letter: str | None = None
@@ -181,7 +200,12 @@ class SqsQueue:
                     Entries=[{"Id": key, **entry} for key, (_, entry) in todo.items()],
                 )
             except Exception as exc:
+                kind = errors.classify(exc)
+                if kind == errors.CONFIGURATION:
+                    raise refused(self.url, what, exc) from None
                 problem = describe(exc)
+                if kind == errors.CONTENT:
+                    break  # refused as it is: the messages come back by themselves
                 continue
             for success in response.get("Successful", []):
                 lease, _ = todo.pop(success["Id"])
@@ -190,8 +214,11 @@ class SqsQueue:
                 key = failure.get("Id", "")
                 if key not in todo:
                     continue
-                problem = f"{failure.get('Code', '?')}: {failure.get('Message', '')}".strip()
-                if failure.get("SenderFault"):
+                problem = errors.entry_text(failure)
+                kind = errors.classify_entry(failure)
+                if kind == errors.CONFIGURATION:
+                    raise refused(self.url, what, failure)
+                if kind == errors.CONTENT:
                     lease, _ = todo.pop(key)
                     if held is not None and not held(lease.message_id):
                         continue
@@ -205,15 +232,7 @@ class SqsQueue:
                 return done
         for lease, _ in todo.values():
             log.error(
-                "sqs: %s of message %s on queue %s failed after %d attempts (%s); the message "
-                "will reappear after its visibility timeout",
-                what, lease.message_id, self.name, _ENTRY_ATTEMPTS, problem,
+                "sqs: %s of message %s on queue %s failed (%s); the message will reappear "
+                "after its visibility timeout", what, lease.message_id, self.name, problem,
             )  # fmt: skip
         return done
-
-
-_MISSING_CODES = {
-    "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist",
-    "AWS.SimpleQueueService.QueueDoesNotExist",
-}

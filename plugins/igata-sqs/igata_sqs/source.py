@@ -11,7 +11,11 @@ becomes one Item whose ``s3_uri`` the loader registry fetches. Delivery follows 
   :mod:`igata_sqs.heartbeat`), so slow models are not delivered twice, and a killed
   worker's messages come back within one visibility timeout;
 * messages are received in batches of up to 10 with long polling, one batch at a time and
-  only when the engine asks for more (its prefetch window bounds what the worker holds).
+  only when the engine asks for more (its prefetch window bounds what the worker holds);
+* SQS's errors are read with :mod:`igata_sqs.errors`: a queue that does not exist, access
+  denied or unknown credentials (on open, receive, delete or a visibility change) stop the
+  run with :class:`~igata_core.ConfigurationError` (exit 2) at once; an outage is retried
+  for ``unavailable_after`` seconds, then :class:`~igata_core.ServiceUnavailable` (exit 3).
 """
 
 from __future__ import annotations
@@ -24,14 +28,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, ClassVar
 
-from igata_core import Envelope, Option, RunContext, ServiceUnavailable, Source
+from igata_core import ConfigurationError, Envelope, Option, RunContext, ServiceUnavailable, Source
+from igata_sqs import errors
 from igata_sqs.clients import check_queue_url, describe, make_client, queue_name
 from igata_sqs.deleter import Deleter
 from igata_sqs.heartbeat import Heartbeat
 from igata_sqs.leases import Lease, LeaseTable
 from igata_sqs.messages import BodyError, RequestFormat, parse_body, request_items
 from igata_sqs.notices import CompletionNotifier, NoticeSettings
-from igata_sqs.queue import BATCH_SIZE, MAX_VISIBILITY, QueueInfo, QueueMissing, SqsQueue
+from igata_sqs.queue import BATCH_SIZE, MAX_VISIBILITY, QueueInfo, SqsQueue, refused
 
 log = logging.getLogger("igata.sqs")
 
@@ -163,6 +168,9 @@ class SqsSource(Source):
         self._stop = threading.Event()
         self._hand_backs: list[threading.Thread] = []
         self._closed = False
+        #: A configuration error met off the receive thread (a delete or visibility change
+        #: refused): envelopes() raises it, which stops the run with exit code 2.
+        self._problem: ConfigurationError | None = None
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -182,16 +190,18 @@ class SqsSource(Source):
         self.queue = SqsQueue(client, opts["queue_url"], self.queue_name)
         try:
             self.info = self.queue.info()
-        except QueueMissing:
+        except ConfigurationError:
             raise
         except Exception as exc:
             raise ServiceUnavailable(
                 f"sqs: cannot read the attributes of queue {opts['queue_url']}: {describe(exc)}"
             ) from exc
         self.visibility = opts["visibility_timeout"] or self.info.visibility_timeout or 30
-        self._heartbeat = Heartbeat(self.queue, self.leases, self.visibility)
+        self._heartbeat = Heartbeat(
+            self.queue, self.leases, self.visibility, on_refused=self._refused
+        )
         self._heartbeat.start()
-        self._deleter = Deleter(self.queue, self.leases, self.notices)
+        self._deleter = Deleter(self.queue, self.leases, self.notices, on_refused=self._refused)
         log.info(
             "sqs: reading queue %s (visibility %d s, %s)",
             self.queue_name, self.visibility,
@@ -206,7 +216,10 @@ class SqsSource(Source):
         if pending:
             # stop() may run in a signal handler: the SQS call goes to a thread.
             thread = threading.Thread(
-                target=self._hand_back, args=(pending, "stop"), name="igata-sqs-hand-back"
+                target=self._hand_back,
+                args=(pending, "stop"),
+                name="igata-sqs-hand-back",
+                daemon=True,
             )
             thread.start()
             self._hand_backs.append(thread)
@@ -240,6 +253,7 @@ class SqsSource(Source):
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
+                self._raise_problem()
                 want = self._receive_size()
                 want = want if not limit else min(want, limit - handed)
                 if want <= 0:
@@ -306,9 +320,20 @@ class SqsSource(Source):
             try:
                 return future.result(timeout=0.1)
             except TimeoutError:
-                if self._stop.is_set():
+                if self._stop.is_set() or self._problem is not None:
                     future.add_done_callback(self._hand_back_late)
+                    self._raise_problem()
                     return None
+
+    def _refused(self, exc: ConfigurationError) -> None:
+        """A configuration error met on another thread: the receive loop raises it."""
+        if self._problem is None:
+            log.error("%s", exc)
+            self._problem = exc
+
+    def _raise_problem(self) -> None:
+        if self._problem is not None:
+            raise self._problem
 
     def _receive_with_retries(self, want: int, wait: int) -> tuple[list[dict[str, Any]], float]:
         assert self.queue is not None
@@ -319,6 +344,10 @@ class SqsSource(Source):
             try:
                 messages = self.queue.receive(want, wait, self.visibility)
             except Exception as exc:
+                if errors.classify(exc) != errors.OUTAGE:
+                    # No such queue, access denied, unknown credentials, parameters refused:
+                    # retrying cannot help.
+                    raise refused(self.opts["queue_url"], "ReceiveMessage", exc) from None
                 now = time.monotonic()
                 failing_since = failing_since if failing_since is not None else now
                 if now - failing_since >= self.opts["unavailable_after"] or self._stop.is_set():
@@ -446,7 +475,11 @@ class SqsSource(Source):
         nacked, hand_back, _ = self.leases.settle_nacks(ids)
         changes = [(lease, self.retry_delay(lease.receive_count)) for lease in nacked]
         if changes:
-            self.queue.change_visibility(changes, what="retry")
+            try:
+                self.queue.change_visibility(changes, what="retry")
+            except ConfigurationError as exc:
+                self._refused(exc)
+                raise
         for lease, delay in changes:
             if self._is_final(lease.receive_count):
                 log.warning(
@@ -478,10 +511,32 @@ class SqsSource(Source):
         exponent = min(max(receive_count, 1) - 1, 30)
         return int(min(base * 2**exponent, cap, MAX_VISIBILITY))
 
+    def release(self, envelopes: Sequence[Envelope]) -> None:
+        """Hand back messages the engine gives up unsettled (a fatal error): visible again
+        at once, with their newest receipt handles; not a failure (no retry delay, no
+        notice). A later message of the same FIFO group that this worker holds goes back
+        with them, so the group is delivered again in order."""
+        if self.queue is None:
+            return
+        ids = [e.handle for e in envelopes if isinstance(e.handle, str)]
+        released, blocked = self.leases.take_for_release(ids)
+        self._hand_back(released + blocked, "released unsettled")
+
     def _hand_back(self, leases: list[Lease], why: str) -> None:
         if not leases or self.queue is None:
             return
-        changed = self.queue.change_visibility([(lease, 0) for lease in leases], what="hand-back")
+        try:
+            changed = self.queue.change_visibility(
+                [(lease, 0) for lease in leases], what="hand-back"
+            )
+        except Exception as exc:
+            if isinstance(exc, ConfigurationError):
+                self._refused(exc)
+            log.warning(
+                "sqs: handing back %d message(s) (%s) failed: %s; they reappear after their "
+                "visibility timeout", len(leases), why, exc,
+            )  # fmt: skip
+            return
         log.info("sqs: handed back %d message(s) (%s)", len(changed), why)
 
     def _hand_back_late(self, future: Future[Any]) -> None:

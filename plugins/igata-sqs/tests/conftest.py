@@ -212,6 +212,63 @@ def recorder() -> Any:
     return Recorder
 
 
+def client_error(code: str, operation: str = "Call", status: int = 400, **error: Any) -> Any:
+    """A botocore ClientError as a service would raise it."""
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": "injected", **error},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        operation,
+    )
+
+
+@pytest.fixture(name="client_error")
+def client_error_fixture() -> Any:
+    """``client_error(code, operation="Call", status=400, **error)``: a ClientError."""
+    return client_error
+
+
+class Faulty:
+    """Wraps a boto3 client: ``faults[method]`` is a list of what the next calls of that
+    method do instead (an exception to raise, or ``function(client, **kwargs)`` giving the
+    response); other calls go through. ``calls`` records every call's method and kwargs."""
+
+    def __init__(self, client: Any, **faults: Any):
+        self._client = client
+        self.faults: dict[str, list[Any]] = {name: list(items) for name, items in faults.items()}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def call(**kwargs: Any) -> Any:
+            self.calls.append((name, kwargs))
+            pending = self.faults.get(name)
+            if pending:
+                fault = pending.pop(0)
+                if isinstance(fault, BaseException):
+                    raise fault
+                return fault(self._client, **kwargs)
+            return method(**kwargs)
+
+        return call
+
+
+@pytest.fixture
+def faulty() -> Any:
+    return Faulty
+
+
+@pytest.fixture
+def moto_queues(aws: Any) -> Queues:
+    """Queues on moto itself, even when SQS goes to a strict emulator: what moto's SNS
+    delivers into must be moto's own queue."""
+    return Queues(aws.client("sqs", on_moto=True))
+
+
 @pytest.fixture
 def jpeg() -> Any:
     """``jpeg(width, height)``: the bytes of a small JPEG."""

@@ -1,15 +1,19 @@
-"""The sqs sink against a moto server: batching, attributes, limits, FIFO, failures."""
+"""The sqs sink: batching, attributes, limits, FIFO, and each kind of service error."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from decimal import Decimal
 
 import numpy as np
 import pytest
 
+import igata_sqs.sink as sink_module
+from igata_core import ConfigurationError
 from igata_sqs.clients import make_client
+from igata_sqs.limits import digest
 from igata_sqs.sink import SqsSink
 
 
@@ -109,54 +113,152 @@ def test_batches_respect_the_request_size_limit(queues, make_sink, recorder):
     assert len(queues.drain(url)) == 6
 
 
-class FailingEntries:
-    """A client whose send_message_batch reports the first entries failed, ``times`` times."""
+def failing_entries(code, sender_fault=False, which=lambda entry: entry["Id"] in ("0", "1")):
+    """A send_message_batch that sends the entries ``which`` does not pick and reports the
+    others failed with ``code`` (as SQS does for a partial failure)."""
 
-    def __init__(self, client, times, sender_fault=False):
-        self.client = client
-        self.times = times
-        self.sender_fault = sender_fault
-        self.calls = 0
-
-    def send_message_batch(self, QueueUrl, Entries):
-        self.calls += 1
-        if self.times <= 0:
-            return self.client.send_message_batch(QueueUrl=QueueUrl, Entries=Entries)
-        self.times -= 1
-        failed, passed = Entries[:2], Entries[2:]
+    def send(client, QueueUrl, Entries):
+        failed = [e for e in Entries if which(e)]
+        passed = [e for e in Entries if not which(e)]
         response = {"Successful": [], "Failed": []}
         if passed:
-            response = self.client.send_message_batch(QueueUrl=QueueUrl, Entries=passed)
+            response = client.send_message_batch(QueueUrl=QueueUrl, Entries=passed)
             response.setdefault("Failed", [])
         response["Failed"] += [
-            {"Id": e["Id"], "SenderFault": self.sender_fault, "Code": "InternalError",
-             "Message": "injected"}
+            {"Id": e["Id"], "SenderFault": sender_fault, "Code": code, "Message": "injected"}
             for e in failed
-        ]  # fmt: skip
+        ]
         return response
 
+    return send
 
-def test_entries_reported_failed_are_retried(queues, make_sink):
+
+def sent_ids(client):
+    """The igata_ids in the bodies of every SendMessageBatch call, per call."""
+    return [
+        [json.loads(e["MessageBody"])["igata_id"] for e in kwargs["Entries"]]
+        for name, kwargs in client.calls
+        if name == "send_message_batch"
+    ]
+
+
+@pytest.mark.parametrize("code", ["InternalError", "ServiceUnavailable", "RequestThrottled"])
+def test_server_fault_keeps_only_the_failed_entries_and_resends_only_them(
+    queues, make_sink, faulty, code
+):
     url = queues.create("results")
     sink = make_sink(url)
-    sink._client = FailingEntries(sink._client, times=1)
-    sink.put_records(records(5))
-    sink.flush()
-    assert sorted(b["igata_id"] for b in queues.results(url)) == [f"r-{i}" for i in range(5)]
-
-
-def test_flush_raises_while_entries_keep_failing_and_keeps_them(queues, make_sink):
-    url = queues.create("results")
-    sink = make_sink(url)
-    failing = FailingEntries(sink._client, times=10)
-    sink._client = failing
-    sink.put_records(records(5))
-    with pytest.raises(RuntimeError, match="refused 2 message"):
+    sink._client = client = faulty(sink._client, send_message_batch=[failing_entries(code)])
+    assert sink.put_records(records(5)) == []
+    with pytest.raises(RuntimeError, match=rf"cannot send 2 record\(s\) .*{code}"):
         sink.flush()
-    assert len(queues.results(url)) == 3
-    failing.times = 0
-    sink.flush()  # the engine's retry: the two refused records are sent now
+    assert sorted(b["igata_id"] for b in queues.results(url)) == ["r-2", "r-3", "r-4"]
+    assert sink.flush() == []  # the engine's retry: the two failed entries, and only them
+    assert sent_ids(client) == [[f"r-{i}" for i in range(5)], ["r-0", "r-1"]]
     assert sorted(b["igata_id"] for b in queues.results(url)) == ["r-0", "r-1"]
+    assert sink.flush() == [] and len(sent_ids(client)) == 2, "nothing left to send"
+
+
+def test_whole_call_outage_keeps_the_batch_and_sends_it_once_later(
+    queues, make_sink, faulty, client_error
+):
+    url = queues.create("results")
+    sink = make_sink(url)
+    sink._client = faulty(
+        sink._client,
+        send_message_batch=[client_error("ServiceUnavailable", status=503)] * 4,
+    )
+    sink.put_records(records(12))  # two batches: 10 and 2
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match=r"cannot send \d+ record"):
+            sink.flush()
+    assert sink.flush() == []
+    stored = [b["igata_id"] for b in queues.results(url)]
+    assert sorted(stored) == sorted(f"r-{i}" for i in range(12)), "every record exactly once"
+
+
+def test_content_refused_entries_are_rejections_and_the_rest_written_once(
+    queues, make_sink, faulty
+):
+    url = queues.create("results")
+    sink = make_sink(url)
+    refuse = failing_entries("InvalidMessageContents", which=lambda e: '"r-1"' in e["MessageBody"])
+    sink._client = client = faulty(sink._client, send_message_batch=[refuse])
+    assert sink.put_records(records(3)) == []
+    assert sink.put_records(records(3, start=3)) == []
+    (rejection,) = sink.flush()
+    # The index counts every record put since the last flush, across put_records calls.
+    assert rejection.index == 1 and rejection.error_type == "SQS.InvalidMessageContents"
+    assert "refused record r-1" in rejection.message
+    assert sorted(b["igata_id"] for b in queues.results(url)) == ["r-0", "r-2", "r-3", "r-4", "r-5"]
+    assert sink.flush() == [] and len(sent_ids(client)) == 1, "refused entries are not resent"
+
+
+def test_rejections_found_by_a_failed_flush_come_with_the_one_that_succeeds(
+    queues, make_sink, faulty
+):
+    url = queues.create("results")
+    sink = make_sink(url)
+
+    def mixed(client, QueueUrl, Entries):
+        refused = failing_entries("InvalidParameterValue", sender_fault=True,
+                                  which=lambda e: '"r-4"' in e["MessageBody"])  # fmt: skip
+        response = refused(
+            client, QueueUrl, [e for e in Entries if '"r-0"' not in e["MessageBody"]]
+        )
+        response["Failed"] += [
+            {"Id": e["Id"], "SenderFault": False, "Code": "InternalError", "Message": "boom"}
+            for e in Entries
+            if '"r-0"' in e["MessageBody"]
+        ]
+        return response
+
+    sink._client = client = faulty(sink._client, send_message_batch=[mixed])
+    sink.put_records(records(2))
+    sink.put_records(records(3, start=2))
+    with pytest.raises(RuntimeError, match="cannot send 1 record"):
+        sink.flush()
+    (rejection,) = sink.flush()
+    assert (rejection.index, rejection.error_type) == (4, "SQS.InvalidParameterValue")
+    assert sent_ids(client)[1] == ["r-0"]
+    assert sorted(b["igata_id"] for b in queues.results(url)) == ["r-0", "r-1", "r-2", "r-3"]
+    sink.put_records(records(1, start=9))
+    assert sink.flush() == [], "indexes and rejections start again after a flush returned"
+
+
+def test_a_message_over_the_queues_limit_is_refused_alone(queues, make_sink, faulty):
+    """The queue's MaximumMessageSize shrinks after open(): SQS itself refuses the message
+    (moto: the whole call, LocalStack and AWS: that entry), and only that one."""
+    url = queues.create("results")
+    sink = make_sink(url)
+    queues.sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "1024"})
+    sink._client = client = faulty(sink._client)
+    batch = records(5)
+    batch[3]["blob"] = "z" * 2000
+    assert sink.put_records(batch) == []
+    (rejection,) = sink.flush()
+    assert rejection.index == 3 and "refused record r-3" in rejection.message
+    assert sorted(b["igata_id"] for b in queues.results(url)) == ["r-0", "r-1", "r-2", "r-4"]
+    delivered = [i for call in sent_ids(client) for i in call]
+    assert sorted(set(delivered)) == [f"r-{i}" for i in range(5)]
+    assert sink.flush() == []
+
+
+def test_batch_request_too_long_is_split(queues, make_sink, faulty, client_error):
+    url = queues.create("results")
+    sink = make_sink(url)
+    sink._client = client = faulty(
+        sink._client,
+        send_message_batch=[
+            client_error(
+                "AWS.SimpleQueueService.BatchRequestTooLong", QueryErrorCode="BatchRequestTooLong"
+            )
+        ],
+    )
+    sink.put_records(records(4))
+    assert sink.flush() == []
+    assert [len(call) for call in sent_ids(client)] == [4, 2, 2]
+    assert len(queues.results(url)) == 4
 
 
 def test_unreachable_queue_raises_and_keeps_the_buffer(queues, make_sink, closed_port_url):
@@ -165,11 +267,138 @@ def test_unreachable_queue_raises_and_keeps_the_buffer(queues, make_sink, closed
     healthy = sink._client
     sink._client = make_client("sqs", endpoint_url=closed_port_url, max_attempts=1)
     sink.put_records(records(3))
-    with pytest.raises(RuntimeError, match=r"cannot send to queue .*3 record"):
+    with pytest.raises(RuntimeError, match=r"cannot send 3 record.* to queue"):
         sink.flush()
     sink._client = healthy
     sink.flush()
     assert len(queues.results(url)) == 3
+
+
+def test_never_more_than_ten_entries_a_call(queues, make_sink, faulty):
+    url = queues.create("results")
+    sink = make_sink(url)
+    sink._client = client = faulty(sink._client)
+    for start in range(0, 45, 15):
+        sink.put_records(records(15, start=start))
+    assert sink.flush() == []
+    assert max(len(call) for call in sent_ids(client)) == 10
+    assert len(queues.results(url)) == 45
+
+
+# -- values SQS does not take as they are ------------------------------------------------------
+
+ODD_IDS = {"fffe": "id-\ufffe", "nul": "id-\x00", "surrogate": "id-\ud800", "empty": ""}
+
+
+def test_identities_sqs_refuses_as_attributes_are_delivered_with_a_digest(queues, make_sink):
+    url = queues.create("results")
+    sink = make_sink(url)
+    batch = [{"igata_id": value, "label": name} for name, value in ODD_IDS.items()]
+    batch.append({"igata_id": "plain", "label": "plain", "note": "\ufffe and \x00 in a value"})
+    assert sink.put_records(batch) == []
+    assert sink.flush() == []
+    stored = {json.loads(m["Body"])["label"]: m for m in queues.drain(url)}
+    assert sorted(stored) == sorted([*ODD_IDS, "plain"]), "every record delivered"
+    for name, value in ODD_IDS.items():
+        message = stored[name]
+        assert json.loads(message["Body"])["igata_id"] == value, "the body keeps the identity"
+        attributes = message["MessageAttributes"]
+        assert "igata_id" not in attributes
+        assert attributes["igata_id_digest"]["StringValue"] == digest(value)
+    plain = stored["plain"]
+    assert plain["MessageAttributes"]["igata_id"]["StringValue"] == "plain"
+    assert json.loads(plain["Body"])["note"] == "\ufffe and \x00 in a value"
+    assert "\\ufffe" in plain["Body"], "characters SQS refuses travel as JSON escapes"
+
+
+def test_fifo_ids_sqs_would_refuse_are_hashed(queues, make_sink):
+    url = queues.create("results", fifo=True)
+    sink = make_sink(url, message_group_field="collection_id")
+    batch = [
+        {"igata_id": "a b", "collection_id": "group with spaces"},
+        {"igata_id": "é" * 10, "collection_id": "x" * 129},
+        {"igata_id": "\ufffe", "collection_id": ""},
+        {"igata_id": "", "collection_id": None},
+    ]
+    assert sink.put_records(batch) == []
+    assert sink.flush() == []
+    assert len(queues.drain(url)) == 4
+
+
+# -- open(): the queue is checked --------------------------------------------------------------
+
+
+def test_missing_output_queue_is_a_configuration_error_on_open(queues, aws):
+    url = queues.create("results").replace("results", "no-such-queue")
+    sink = SqsSink({"queue_url": url})
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match=r"queue .*no-such-queue") as caught:
+        sink.open()
+    assert time.monotonic() - started < 5
+    assert "check the queue URL" in str(caught.value)
+    sink.close()
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        ("AccessDenied", 403),
+        ("AccessDeniedException", 400),
+        ("InvalidClientTokenId", 403),
+        ("UnrecognizedClientException", 400),
+        ("SignatureDoesNotMatch", 403),
+        ("KmsAccessDenied", 400),
+        ("InvalidAddress", 404),
+    ],
+)
+def test_refused_queue_is_a_configuration_error_on_open(
+    queues, monkeypatch, faulty, client_error, code, status
+):
+    error = client_error(code, status=status)
+    url = queues.create("results")
+    real = sink_module.make_client
+    monkeypatch.setattr(
+        sink_module, "make_client",
+        lambda *a, **k: faulty(real(*a, **k), get_queue_attributes=[error]),
+    )  # fmt: skip
+    sink = SqsSink({"queue_url": url})
+    with pytest.raises(ConfigurationError, match=rf"queue {url} refused by SQS"):
+        sink.open()
+
+
+def test_outage_on_open_does_not_stop_the_sink(queues, monkeypatch, faulty, client_error):
+    url = queues.create("results")
+    real = sink_module.make_client
+    monkeypatch.setattr(
+        sink_module, "make_client",
+        lambda *a, **k: faulty(real(*a, **k), get_queue_attributes=[
+            client_error("ThrottlingException")]),
+    )  # fmt: skip
+    sink = SqsSink({"queue_url": url})
+    sink.open()
+    sink.put_records(records(2))
+    assert sink.flush() == []
+    sink.close()
+    assert len(queues.results(url)) == 2
+
+
+def test_missing_queue_on_write_is_a_configuration_error(queues, make_sink):
+    url = queues.create("results")
+    sink = make_sink(url)
+    queues.sqs.delete_queue(QueueUrl=url)
+    sink.put_records(records(2))
+    with pytest.raises(ConfigurationError, match=r"does not exist|NonExistentQueue"):
+        sink.flush()
+
+
+def test_queue_maximum_message_size_lowers_the_limit(queues, make_sink):
+    url = queues.create("results")
+    queues.sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "1024"})
+    sink = make_sink(url)
+    (rejection,) = sink.put_records([{"igata_id": "big", "blob": "b" * 2000}])
+    assert (
+        rejection.error_type == "RecordTooLarge" and "1,024-byte message limit" in rejection.message
+    )
 
 
 def test_fifo_queue_gets_group_and_deduplication_ids(queues, make_sink, recorder):

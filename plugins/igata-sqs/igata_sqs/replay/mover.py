@@ -19,11 +19,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from igata_core import ConfigurationError
+from igata_sqs import errors
 from igata_sqs.batching import MAX_PAYLOAD_BYTES, batches
-from igata_sqs.clients import describe, error_code, queue_name
+from igata_sqs.clients import describe, queue_name
 from igata_sqs.leases import Lease
-from igata_sqs.queue import BATCH_SIZE, MAX_VISIBILITY, SqsQueue
-from igata_sqs.replay.exits import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, Unavailable
+from igata_sqs.limits import fifo_id
+from igata_sqs.queue import BATCH_SIZE, MAX_VISIBILITY, SqsQueue, refused
+from igata_sqs.replay.exits import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Unavailable,
+)
 from igata_sqs.replay.filters import Selector
 from igata_sqs.replay.letters import DeadLetter
 from igata_sqs.replay.pacing import TokenBucket
@@ -32,20 +41,11 @@ log = logging.getLogger("igata.sqs")
 
 #: Receives wait this long for messages; an empty receive ends the scan.
 RECEIVE_WAIT_SECONDS = 1
-#: Error codes that mean "this message cannot be sent as it is", not "SQS is unavailable".
-CONTENT_ERRORS = frozenset(
-    {
-        "InvalidParameterValue",
-        "InvalidMessageContents",
-        "MissingParameter",
-        "InvalidAttributeName",
-        "InvalidAttributeValue",
-        "BatchRequestTooLong",
-        "MessageTooLong",
-    }
-)
+#: Error codes that mean "this message cannot be sent as it is", not "SQS is unavailable"
+#: (normalised, see :mod:`igata_sqs.errors`, which decides).
+CONTENT_ERRORS = errors.CONTENT_CODES
 _SEND_ATTEMPTS = 3
-_IN_FLIGHT_LIMIT = {"OverLimit", "AWS.SimpleQueueService.OverLimit"}
+_IN_FLIGHT_LIMIT = errors._set("OverLimit")
 
 
 @dataclass
@@ -137,6 +137,10 @@ class Replayer:
         except Unavailable as exc:
             summary.stopped = str(exc)
             summary.exit_code = EXIT_UNAVAILABLE
+        except ConfigurationError as exc:
+            # No such queue, access denied, unknown credentials: retrying cannot help.
+            summary.stopped = str(exc)
+            summary.exit_code = EXIT_USAGE
         finally:
             self._finish()
         return summary
@@ -184,7 +188,9 @@ class Replayer:
                 MessageAttributeNames=["All"],
             )
         except Exception as exc:
-            if error_code(exc) in _IN_FLIGHT_LIMIT:
+            if errors.classify(exc) == errors.CONFIGURATION:
+                raise refused(self.dlq.url, "ReceiveMessage", exc) from None
+            if errors.has_code(exc, _IN_FLIGHT_LIMIT):
                 self.summary.stopped = (
                     f"SQS's limit of in-flight messages reached with {len(self.held)} message(s) "
                     "held by this scan; run the replay again to scan the rest"
@@ -314,7 +320,8 @@ class Replayer:
             # Not the original deduplication id: SQS would silently drop the copy if the
             # original was sent less than 5 minutes ago, and the DLQ copy would then be
             # deleted. A per-DLQ-message id still makes a repeated replay of it a duplicate.
-            entry["MessageDeduplicationId"] = f"igata-replay-{letter.message_id}"
+            # Hashed if SQS would refuse it (over 128 characters, or other characters).
+            entry["MessageDeduplicationId"] = fifo_id(f"igata-replay-{letter.message_id}")
         return entry
 
     def _send(self, chunk: list[DeadLetter]) -> dict[str, str]:
@@ -335,7 +342,8 @@ class Replayer:
                     Entries=[self._entry(key, letter) for key, letter in todo.items()],
                 )
             except Exception as exc:
-                if error_code(exc) not in CONTENT_ERRORS:
+                kind = self._kind(exc)
+                if kind != errors.CONTENT and not errors.has_code(exc, errors.SPLIT_CODES):
                     raise Unavailable(
                         f"sqs: cannot send to queue {self.summary.target}: {describe(exc)}"
                     ) from exc
@@ -348,8 +356,11 @@ class Replayer:
                 key = failure.get("Id", "")
                 if key not in todo:
                     continue
-                problem = f"{failure.get('Code', '?')}: {failure.get('Message', '')}".strip()
-                if failure.get("SenderFault"):
+                problem = errors.entry_text(failure)
+                kind = errors.classify_entry(failure)
+                if kind == errors.CONFIGURATION:
+                    raise refused(self.target_url, "SendMessageBatch", failure)
+                if kind == errors.CONTENT:
                     problems[todo.pop(key).message_id] = problem
                 else:
                     last[todo[key].message_id] = problem
@@ -369,12 +380,19 @@ class Replayer:
             try:
                 self.client.send_message(QueueUrl=self.target_url, **entry)
             except Exception as exc:
-                if error_code(exc) not in CONTENT_ERRORS:
+                if self._kind(exc) != errors.CONTENT:
                     raise Unavailable(
                         f"sqs: cannot send to queue {self.summary.target}: {describe(exc)}"
                     ) from exc
                 problems[letter.message_id] = describe(exc)
         return problems
+
+    def _kind(self, exc: BaseException) -> str:
+        """The kind of a send's error; a configuration error of the target raises."""
+        kind = errors.classify(exc)
+        if kind == errors.CONFIGURATION:
+            raise refused(self.target_url, "SendMessage", exc) from None
+        return kind
 
     def _delete(self, letters: list[DeadLetter]) -> None:
         if not letters:
@@ -418,9 +436,13 @@ class Replayer:
                 )
         held = list(self.held.values())
         if held:
-            released = self.dlq.change_visibility(
-                [(lease, 0) for lease in held], what="release after the scan"
-            )
+            try:
+                released = self.dlq.change_visibility(
+                    [(lease, 0) for lease in held], what="release after the scan"
+                )
+            except ConfigurationError as exc:
+                log.warning("sqs: %s", exc)
+                released = set()
             if len(released) < len(held):
                 self.say(
                     f"replay: {len(held) - len(released)} message(s) could not be made visible "

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from igata_sqs.clients import describe, error_code, queue_name
+from igata_sqs import errors
+from igata_sqs.clients import describe, queue_name
 from igata_sqs.replay.exits import ReplayError, ReplayUnavailable
-
-_MISSING_QUEUE = {
-    "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist",
-    "AWS.SimpleQueueService.QueueDoesNotExist",
-}
 
 
 def queue_attributes(client: Any, url: str, what: str) -> dict[str, str]:
@@ -22,10 +17,15 @@ def queue_attributes(client: Any, url: str, what: str) -> dict[str, str]:
             ]
         )
     except Exception as exc:
-        if error_code(exc) in _MISSING_QUEUE:
+        if errors.has_code(exc, errors.MISSING_QUEUE_CODES):
             raise ReplayError(
                 f"replay: {what} {url} does not exist or is not visible to these credentials; "
                 "check the URL (aws sqs get-queue-url prints it), the endpoint and the region"
+            ) from None
+        if errors.classify(exc) == errors.CONFIGURATION:
+            raise ReplayError(
+                f"replay: {what} {url} refused by SQS ({describe(exc)}); "
+                f"{errors.configuration_hint(exc)}"
             ) from None
         raise ReplayUnavailable(
             f"replay: cannot read the attributes of {what} {url}: {describe(exc)}"
@@ -43,6 +43,11 @@ def source_queues(client: Any, dlq_url: str) -> list[str]:
             if len(urls) > 1:
                 break
     except Exception as exc:
+        if errors.classify(exc) == errors.CONFIGURATION:
+            raise ReplayError(
+                f"replay: cannot list the source queues of {dlq_url} ({describe(exc)}); "
+                f"{errors.configuration_hint(exc)}, or pass --to"
+            ) from None
         raise ReplayUnavailable(
             f"replay: cannot list the source queues of {dlq_url} ({describe(exc)}); pass --to"
         ) from exc
