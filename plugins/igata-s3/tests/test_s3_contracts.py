@@ -29,14 +29,18 @@ class _S3SinkContract(SinkContract):
     extra: dict[str, Any] = {}
 
     @pytest.fixture(autouse=True)
-    def _endpoint(self, aws: Any) -> None:
+    def _endpoint(self, aws: Any, inject: Any) -> None:
         self.aws = aws
+        self.inject = inject
         self.s3 = aws.client("s3")
         self.s3.create_bucket(Bucket=OUT)
         self.prefix = f"t-{uuid.uuid4().hex[:8]}/"
 
     def make_sink(self, tmp_path: Path) -> Sink:
-        sink = self.sink_class({"bucket": OUT, "prefix": self.prefix, **self.extra})
+        # One attempt per request: the outage below reaches the sink without backoff.
+        sink = self.sink_class(
+            {"bucket": OUT, "prefix": self.prefix, "max_attempts": 1, **self.extra}
+        )
         sink.open()
         return sink
 
@@ -55,10 +59,13 @@ class _S3SinkContract(SinkContract):
         return rows
 
     def break_store(self, sink: Sink) -> None:
-        sink.bucket = "contract-missing-bucket"  # type: ignore[attr-defined]
+        # An outage (S3 answers 503 SlowDown to every upload), not a configuration error:
+        # a missing or denied bucket stops the run instead (test_s3_sinks.py).
+        for operation in ("PutObject", "CreateMultipartUpload", "UploadPart"):
+            self.inject.fail(sink.client, operation, 503, "SlowDown")  # type: ignore[attr-defined]
 
     def repair_store(self, sink: Sink) -> None:
-        sink.bucket = OUT  # type: ignore[attr-defined]
+        self.inject.remove()
 
     def test_a_redelivery_within_one_sink_is_written_once(self, tmp_path: Path) -> None:
         sink = self._sink(tmp_path)
