@@ -94,6 +94,11 @@ KEY_SCHEMA_MESSAGES = re.compile(
     r"|This attribute is part of the key",
     re.IGNORECASE,
 )
+#: ValidationException messages about the table's name (checked before any call too).
+TABLE_NAME_MESSAGES = re.compile(
+    r"at 'tableName' failed to satisfy constraint|Map keys must satisfy constraint",
+    re.IGNORECASE,
+)
 #: An InvalidSignatureException that is the worker's clock, not its credentials: an outage
 #: (as in igata-s3), since no record and no option is at fault.
 CLOCK_SKEW_MESSAGES = re.compile(r"Signature expired|Signature not yet current", re.IGNORECASE)
@@ -184,7 +189,8 @@ def classify(exc: BaseException) -> ServiceError:
         kind = Kind.EXPECTED
     elif code == VALIDATION:
         # About an item, unless about the table's keys (KEY_SCHEMA_MESSAGES).
-        kind = Kind.CONFIGURATION if KEY_SCHEMA_MESSAGES.search(message) else Kind.CONTENT
+        about_table = KEY_SCHEMA_MESSAGES.search(message) or TABLE_NAME_MESSAGES.search(message)
+        kind = Kind.CONFIGURATION if about_table else Kind.CONTENT
     elif code in CONTENT_CODES:
         kind = Kind.CONTENT
     elif code == "InvalidSignatureException" and CLOCK_SKEW_MESSAGES.search(message):

@@ -74,8 +74,13 @@ class DynamoDbSink(Sink):
     )  # fmt: skip
 
     def __init__(self, options: Any = None, context: RunContext | None = None):
+        from igata_dynamodb.tables import TableProblem, layout_problem
+
         super().__init__(options, context)
         self.layout = Layout.from_options(self.opts)
+        problem = layout_problem(self.layout)  # reported with the other options, before I/O
+        if problem:
+            raise TableProblem(problem)
         self._mapper = RecordMapper(self.layout)
         self._pending: dict[str, RequestWrite] = {}
         self._lock = threading.Lock()

@@ -10,11 +10,13 @@ configured options.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from igata_dynamodb.errors import (
     DENIED_CODES,
+    TABLE_ENV,
     DynamoDbConfigurationError,
     Kind,
     classify,
@@ -226,8 +228,21 @@ def create_tables(
     return report
 
 
+#: DynamoDB's rule for table names.
+TABLE_NAME = re.compile(r"[a-zA-Z0-9_.-]{3,255}")
+
+
 def layout_problem(layout: Layout) -> str | None:
-    """A layout whose REQUESTS updates would set the table's own key (before any I/O)."""
+    """A layout DynamoDB would refuse whatever the tables: a table name it does not allow,
+    REQUESTS updates that would set the table's own key (found before any I/O)."""
+    for role, table in roles(layout):
+        if not TABLE_NAME.fullmatch(table):
+            option, env = TABLE_ENV[role]
+            return (
+                f"dynamodb: {table!r} is not a valid name for the {role} table: DynamoDB "
+                "table names are 3 to 255 characters among a-z, A-Z, 0-9, '_', '-' and '.'; "
+                f"set {env} (option {option})"
+            )
     written = {
         "state_keyname": layout.state_key,
         "results_keyname": layout.results_key,
@@ -286,7 +301,8 @@ def check_tables(client: Any, layout: Layout) -> dict[str, TableShape | None]:
                 )  # fmt: skip
                 shapes[role] = None
                 continue
-            if error.kind is Kind.CONFIGURATION:
+            if error.kind in (Kind.CONFIGURATION, Kind.CONTENT):
+                # DescribeTable's only input is the name: whatever it refuses is the option.
                 refused = configuration_error(
                     error, role=role, table=table, action="DescribeTable", client=client,
                     layout=layout,

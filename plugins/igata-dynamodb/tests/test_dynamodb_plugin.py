@@ -39,13 +39,13 @@ def test_the_client_has_short_explicit_timeouts_and_few_attempts() -> None:
     from igata_dynamodb.sink import DynamoDbSink
 
     sink = DynamoDbSink(
-        {"requests_tablename": "r", "results_tablename": "s", "read_timeout": 4.0,
+        {"requests_tablename": "req", "results_tablename": "res", "read_timeout": 4.0,
          "connect_timeout": 1.5, "max_attempts": 2}
     )  # fmt: skip
     config = sink.make_client(max_pool_connections=4).meta.config
     assert (config.read_timeout, config.connect_timeout) == (4.0, 1.5)
     assert config.retries == {"mode": "standard", "total_max_attempts": 2}
     assert (
-        DynamoDbSink({"requests_tablename": "r", "results_tablename": "s"}).opts["read_timeout"]
+        DynamoDbSink({"requests_tablename": "req", "results_tablename": "res"}).opts["read_timeout"]
         == 10.0
     )
