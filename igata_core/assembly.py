@@ -82,6 +82,16 @@ def env_names_for(kind: str, component: str) -> Any:
     return _component_env(component)
 
 
+#: The config file read when none is named (``--config``, ``IGATA_CONFIG``).
+DEFAULT_CONFIG = "igata.toml"
+
+
+def default_config_path(directory: str | os.PathLike[str] = ".") -> str | None:
+    """``igata.toml`` in ``directory`` (the working directory) if there is one, else None."""
+    path = os.path.join(directory, DEFAULT_CONFIG)
+    return path if os.path.isfile(path) else None
+
+
 def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Read an ``igata.toml``; a missing or malformed file is a usage error."""
     if not path:

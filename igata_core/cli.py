@@ -112,7 +112,12 @@ def _run_option(name: str, help_text: str, type_: Any) -> Any:
               help="A decoder option, e.g. image.max_image_pixels=0 (repeatable).")  # fmt: skip
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), envvar="IGATA_CONFIG",
               help="A TOML config file ([run], [source], [sink], [loaders.NAME], "
-              "[decoders.NAME]); env IGATA_CONFIG.")  # fmt: skip
+              "[decoders.NAME]); env IGATA_CONFIG; default: igata.toml in the working "
+              "directory, if there is one.")  # fmt: skip
+@click.option("--app-dir", default=".", show_default=True, envvar="IGATA_APP_DIR",
+              help="Directory put first on the import path, so that --predictor / "
+              "PREDICTOR_MODULE find a module there (e.g. mymodel.py); '' to import only "
+              "installed modules (env IGATA_APP_DIR).")  # fmt: skip
 @_run_option("concurrency", "Threads loading and decoding inputs", int)
 @_run_option("batch_size", "Records per predictor call", int)
 @_run_option("max_batch_wait", "Seconds to wait for a batch to fill", float)
@@ -142,9 +147,16 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
       PREDICTOR_MODULE=mymodel OUTPUT_CTXMGR_SQS_QUEUE_URL=... igata run s3://bucket/x.jpg
 
     Exit codes: 0 done, 1 some records failed (finite inputs), 2 usage or configuration
-    error, 3 a sink or the input service stayed unavailable.
+    error, 3 a sink or the input service stayed unavailable, 4 a fatal error in the
+    predictor or a component (SystemExit, KeyboardInterrupt).
     """
-    from igata_core.assembly import RunRequest, assemble, load_config, split_dotted
+    from igata_core.assembly import (
+        RunRequest,
+        assemble,
+        default_config_path,
+        load_config,
+        split_dotted,
+    )
     from igata_core.pipeline import Pipeline
 
     problems: list[str] = []
@@ -159,10 +171,11 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
     source, sink, predictor = kwargs.pop("source"), kwargs.pop("sink"), kwargs.pop("predictor")
     config_path = kwargs.pop("config_path")
     metrics_port, metrics_host = kwargs.pop("metrics_port"), kwargs.pop("metrics_host")
+    _add_app_dir(kwargs.pop("app_dir"))
     try:
         if problems:
             raise OptionsError(problems)
-        config = load_config(config_path)
+        config = load_config(config_path or default_config_path())
         request = RunRequest(
             source=source,
             sink=sink,
@@ -225,16 +238,47 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
             server.close()
     progress.finish()
     level = logging.INFO if summary.exit_code == 0 else logging.WARNING
+    # A rate over a handful of records or a fraction of a second says nothing.
+    rate = (
+        f" ({summary.records_per_second:.1f} records/s)"
+        if summary.succeeded >= 10 and summary.seconds >= 1.0
+        else ""
+    )
     log.log(
         level,
-        "summary: read %d, succeeded %d, failed %d, written %d in %.1f s (%.1f records/s)%s%s",
+        "summary: read %d, succeeded %d, failed %d, written %d in %.1f s%s%s%s",
         summary.read, summary.succeeded, summary.failed, summary.written, summary.seconds,
-        summary.records_per_second, "; interrupted" if summary.interrupted else "",
+        rate, "; interrupted" if summary.interrupted else "",
         f"; exit {summary.exit_code}: {summary.reason}" if summary.exit_code else "",
     )  # fmt: skip
+    if summary.exit_code in _WHAT_TO_DO:
+        log.log(level, "what to do: %s", _WHAT_TO_DO[summary.exit_code])
     if summary.failed_by_stage:
         log.log(level, "failed by stage: %s", json.dumps(summary.failed_by_stage, sort_keys=True))
     ctx.exit(summary.exit_code)
+
+
+#: The next step for each failing exit code, logged after the summary.
+_WHAT_TO_DO = {
+    1: "the failed records are listed above (and in --errors PATH if given); fix the inputs "
+    "or the predictor and run those again",
+    2: "fix the configuration named above (option, environment variable, or the resource it "
+    "names) and run again; restarting as is fails the same way",
+    3: "check that the service named above is reachable (endpoint, network, credentials) and "
+    "run again; nothing unwritten was acknowledged, so queued input is redelivered",
+    4: "fix the predictor or component named above; what was written is acknowledged, the "
+    "rest was handed back to the queue",
+}
+
+
+def _add_app_dir(app_dir: str) -> None:
+    """Put ``app_dir`` first on the import path, as uvicorn and gunicorn do (``python -m``
+    does it for the working directory; an installed ``igata`` script does not)."""
+    if not app_dir:
+        return
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def _metrics_server(ctx: click.Context, port: int | None, host: str, assembly: Any) -> Any:
@@ -352,6 +396,14 @@ def describe(name: str, kind: str | None) -> None:
     kinds = [kind] if kind else [k for k in KINDS if k != "command"]
     found = [(k, reg) for k in kinds if (reg := registry.find(k, name)) is not None]
     if not found:
+        from igata_core.plugins import KNOWN_PROVIDERS
+
+        provider = KNOWN_PROVIDERS.get(name)
+        if provider is not None:
+            raise click.ClickException(
+                f"{name!r} is provided by the package {provider}, which is not installed: "
+                f"pip install {provider}"
+            )
         raise click.ClickException(
             f"no component named {name!r}; see 'igata plugins' for what is installed"
         )

@@ -280,6 +280,12 @@ class Pipeline:
                 )
                 log.error("%s", self.summary.reason)
                 return self.summary
+        if not self._open_sink():
+            # Before any input was taken: nothing to settle, and no line that reads as if
+            # the run went on.
+            self._close()
+            self.summary.seconds = time.monotonic() - started
+            return self.summary
         pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="igata-load")
         producer = threading.Thread(
             target=self._produce, args=(pool,), name="igata-producer", daemon=True
@@ -313,6 +319,24 @@ class Pipeline:
             self.summary.exit_code = 128 + self._signal
             self.summary.reason = "interrupted before the input was exhausted"
         return self.summary
+
+    def _open_sink(self) -> bool:
+        """Open the sink before the source takes any input; False when it failed."""
+        try:
+            self.sink.open()
+            return True
+        except ConfigurationError as exc:
+            self._fail_run(f"sink {self.sink.name!r} is misconfigured: {exc}", abort=True,
+                           exit_code=EXIT_USAGE)  # fmt: skip
+        except Exception as exc:
+            self._fail_run(
+                f"sink {self.sink.name!r} could not be opened: {type(exc).__name__}: {exc}; "
+                "check that its service is reachable and run again",
+                abort=True,
+            )
+        except BaseException as exc:  # fatal: stops the run
+            self._fatal(exc, f"sink {self.sink.name!r}")
+        return False
 
     def _release_held(self) -> None:
         """After a fatal error: hand every unsettled envelope back to the source at once, so
@@ -656,18 +680,6 @@ class Pipeline:
             self._fatal(exc, f"sink {self.sink.name!r}")
 
     def _write_loop(self) -> None:
-        try:
-            self.sink.open()
-        except ConfigurationError as exc:
-            self._fail_run(f"sink {self.sink.name!r} is misconfigured: {exc}", abort=True,
-                           exit_code=EXIT_USAGE)  # fmt: skip
-            return
-        except Exception as exc:
-            self._fail_run(
-                f"sink {self.sink.name!r} could not be opened: {type(exc).__name__}: {exc}",
-                abort=True,
-            )
-            return
         results: list[_Result] = []
         failures: list[_Failure] = []
         oldest = 0.0

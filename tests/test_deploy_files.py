@@ -482,8 +482,10 @@ def test_sqs_sink_policy_adds_what_the_sqs_sink_calls(
     policy = json.loads(WORKER_POLICY.read_text())
     extra = json.loads((DEPLOY / "iam" / "worker-policy-sqs-sink.json").read_text())
     assert ("sqs:SendMessage", f"arn:aws:sqs:{REGION}:{ACCOUNT}:igata-results") in calls
+    # The sink checks its queue at open (a missing queue is exit 2), then sends.
     assert _refused(policy, calls) == [
-        f"sqs:SendMessage on arn:aws:sqs:{REGION}:{ACCOUNT}:igata-results"
+        f"sqs:GetQueueAttributes on arn:aws:sqs:{REGION}:{ACCOUNT}:igata-results",
+        f"sqs:SendMessage on arn:aws:sqs:{REGION}:{ACCOUNT}:igata-results",
     ]
     combined = {**policy, "Statement": policy["Statement"] + extra["Statement"]}
     assert not _refused(combined, calls)

@@ -331,15 +331,18 @@ def test_digits_over_s3_on_the_gateway(rgw: Any, digits_bucket: dict[str, int],
 
 
 @needs_rgw
-def test_a_worker_with_a_wrong_secret_is_told_access_denied(
+def test_a_worker_with_a_wrong_secret_stops_with_exit_2(
     rgw: Any, digits_bucket: dict[str, int], tmp_path: Path
 ) -> None:
+    """Refused credentials are the configuration's fault, not the input's: exit 2 at once,
+    no record failed."""
     errors = tmp_path / "errors.jsonl"
     done = _igata(rgw, tmp_path, "--source", "s3", "--sink", "jsonl",
                   "--sink-opt", f"path={tmp_path / 'out.jsonl'}",
                   "--predictor", "examples.digits:DigitsPredictor", "--errors", str(errors),
                   "s3://digits-in/png/", secret="not-the-secret")  # fmt: skip
-    assert done.returncode == 1, done.stderr
-    (error,) = [json.loads(line) for line in errors.read_text().splitlines()]
-    assert error["input"] == "s3://digits-in/png/"
-    assert "access denied (SignatureDoesNotMatch)" in error["message"]
+    assert done.returncode == 2, done.stderr
+    assert "(SignatureDoesNotMatch: the secret key does not match the access key id)" in (
+        done.stderr
+    )
+    assert not errors.exists() or errors.read_text() == ""

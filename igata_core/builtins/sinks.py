@@ -18,11 +18,22 @@ from typing import IO, Any, ClassVar
 
 from igata_core import hookimpl
 from igata_core.builtins.decoders import delimiter_option
-from igata_core.components import RECORD_ID_KEY, Rejection, Sink
+from igata_core.components import RECORD_ID_KEY, ConfigurationError, Rejection, Sink
 from igata_core.options import Option
 from igata_core.serialize import NotSerializable, dumps, text_value
 
 log = logging.getLogger("igata.sinks")
+
+
+def open_output(sink: str, path: str) -> AtomicFile:
+    """The sink's output file; a path that cannot be written is a configuration error."""
+    try:
+        return AtomicFile(path)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{sink} sink: cannot write the output file {os.path.abspath(path)}: "
+            f"{exc.strerror or exc}; choose a path in a writable directory (--sink-opt path=...)"
+        ) from exc
 
 
 class AtomicFile:
@@ -154,7 +165,7 @@ class JsonlSink(Sink):
         self._seen: set[str] = set()
 
     def open(self) -> None:
-        self._file = AtomicFile(self.opts["path"])
+        self._file = open_output(self.name, self.opts["path"])
 
     def put_records(self, records: Sequence[dict[str, Any]]) -> list[Rejection]:
         if self._file is None:
@@ -206,7 +217,7 @@ class CsvSink(Sink):
         self._left_out: set[str] = set()
 
     def open(self) -> None:
-        self._file = AtomicFile(self.opts["path"])
+        self._file = open_output(self.name, self.opts["path"])
 
     def _row(self, cells: Sequence[Any]) -> str:
         buffer = io.StringIO()

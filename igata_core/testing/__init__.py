@@ -26,7 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
+try:
+    import pytest
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "igata_core.testing needs the testing extra (pytest, moto, boto3): "
+        "pip install 'igata-core[testing]'"
+    ) from exc
 
 from igata_core.testing.aws import (
     LocalAws,

@@ -14,8 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conformance_world import BUCKET, World
 
-pytest_plugins = ["igata_core.testing"]
-
 
 @pytest.fixture
 def world(aws: Any, tmp_path: Path) -> Iterator[World]:

@@ -15,8 +15,6 @@ sys.path.insert(0, str(HERE.parent / "conformance"))
 
 from conformance_world import World  # noqa: E402
 
-pytest_plugins = ["igata_core.testing"]
-
 
 @pytest.fixture
 def world(aws: Any, tmp_path: Path) -> Iterator[World]:
