@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from igata_core import ServiceUnavailable
+from igata_core import ConfigurationError, ServiceUnavailable
 from igata_sqs.clients import make_client
-from igata_sqs.queue import QueueMissing
+from igata_sqs.queue import QueueMissing, QueueRefused
 from igata_sqs.source import SqsCsvSource, SqsSource
 
 IMAGE = {"collection_id": "events:1", "image_id": "images:1", "s3_uri": "s3://images/1.jpg"}
@@ -61,7 +61,7 @@ def test_ack_deletes_only_the_acked_message(queues, make_source):
     assert source.wait_for_deletes(5)
     assert queues.counts(url) == (0, 1)
     source.close()  # second never settled: it comes back after its visibility timeout
-    time.sleep(1.2)
+    assert queues.wait_for(url, visible=1, timeout=5) == (1, 0)
     (back,) = queues.drain(url)
     assert f"sqs:{back['MessageId']}" == second.ref
 
@@ -262,7 +262,19 @@ def test_heartbeat_and_ack_use_the_newest_receipt_handle(queues, make_source, re
     ]
     assert len(handles) == 2 and handles[0] == old_handle
     new_handle = handles[1]
-    time.sleep(1.2)  # at least one heartbeat round
+
+    def extended_with_new_handle():
+        return any(
+            entry["ReceiptHandle"] == new_handle
+            for name, kwargs, _ in list(calls.events)
+            if name == "change_message_visibility_batch"
+            for entry in kwargs["Entries"]
+        )
+
+    deadline = time.monotonic() + 5  # a heartbeat round comes every 0.25 s
+    while not extended_with_new_handle():
+        assert time.monotonic() < deadline, "the heartbeat never extended the message"
+        time.sleep(0.05)
     source.ack([first])
     assert source.wait_for_deletes(5)
     redelivered_at = next(
@@ -311,12 +323,102 @@ def test_fifo_acks_wait_for_earlier_messages_of_the_group(queues, make_source):
     assert queues.counts(url) == (0, 0)
 
 
-def test_missing_queue_is_reported_on_open(queues, aws):
+def test_missing_queue_is_a_configuration_error_on_open(queues, aws):
     url = queues.create()
     source = SqsSource({"queue_url": url.replace("requests", "nope")})
-    with pytest.raises(QueueMissing, match="does not exist"):
+    started = time.monotonic()
+    with pytest.raises(QueueMissing, match=r"queue .*/nope does not exist") as caught:
         source.open()
+    assert isinstance(caught.value, ConfigurationError)
+    assert "check the queue URL" in str(caught.value)
+    assert time.monotonic() - started < 5
     source.close()
+
+
+@pytest.mark.parametrize(
+    "code", ["AccessDenied", "InvalidClientTokenId", "KmsAccessDenied", "QueueDoesNotExist"]
+)
+def test_refused_receive_is_a_configuration_error_at_once(
+    queues, make_source, faulty, client_error, code
+):
+    url = queues.create()
+    source = make_source(url, unavailable_after=60)
+    source.queue.client = faulty(
+        source.queue.client, receive_message=[client_error(code, "ReceiveMessage")]
+    )
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match=code):
+        next(source.envelopes())
+    assert time.monotonic() - started < 2, "no retries for a configuration error"
+
+
+def test_throttled_receive_is_retried(queues, make_source, faulty, client_error):
+    url = queues.create()
+    queues.send(url, [image(1)])
+    source = make_source(url, unavailable_after=60)
+    source.queue.client = faulty(
+        source.queue.client,
+        receive_message=[client_error("RequestThrottled", "ReceiveMessage", status=429)],
+    )
+    envelope = next(source.envelopes())
+    assert envelope.items[0].identity == "images:1"
+
+
+def test_queue_deleted_while_running_stops_with_a_configuration_error(queues, make_source):
+    url = queues.create()
+    source = make_source(url, unavailable_after=60)
+    queues.sqs.delete_queue(QueueUrl=url)
+    started = time.monotonic()
+    with pytest.raises(QueueMissing):
+        next(source.envelopes())
+    assert time.monotonic() - started < 5
+
+
+def test_refused_delete_stops_the_source(queues, make_source, faulty, client_error):
+    """No permission to delete (sqs:DeleteMessage): every message would be processed again
+    and again; the source stops the run (exit 2) instead."""
+    url = queues.create(visibility=30)
+    queues.send(url, [image(1)])
+    source = make_source(url)
+    source.queue.client = faulty(
+        source.queue.client,
+        delete_message_batch=[client_error("AccessDenied", "DeleteMessageBatch", status=403)],
+    )
+    envelopes = source.envelopes()
+    source.ack([next(envelopes)])
+    assert source.wait_for_deletes(5)
+    with pytest.raises(QueueRefused, match=r"delete on queue .* refused.*AccessDenied"):
+        next(envelopes)
+
+
+def test_release_makes_messages_visible_at_once_without_a_failure(queues, make_source, recorder):
+    url = queues.create(visibility=30, max_receive=5)
+    for i in range(3):
+        queues.send(url, [image(i)])
+    source = make_source(url, retry_delay=60, receive_batch_size=3)
+    calls = recorder(source.queue.client)
+    source.queue.client = calls
+    envelopes = source.envelopes()
+    taken = [next(envelopes) for _ in range(3)]
+    source.release(taken[:2])
+    assert queues.counts(url) == (2, 1), "released messages are visible at once"
+    (change,) = [kwargs for name, kwargs, _ in calls.events if "visibility" in name]
+    handles = {
+        m["MessageId"]: m["ReceiptHandle"]
+        for name, _, result in calls.events
+        if name == "receive_message"
+        for m in result.get("Messages", [])
+    }
+    assert sorted(
+        (e["ReceiptHandle"], e["VisibilityTimeout"]) for e in change["Entries"]
+    ) == sorted((handles[envelope.handle], 0) for envelope in taken[:2])
+    assert len(source.leases) == 1, "released leases are forgotten"
+    assert source.notices.unpublished == 0
+    source.ack([taken[2]])
+    assert source.wait_for_deletes(5)
+    source.close()
+    back = queues.drain(url)
+    assert sorted(f"sqs:{m['MessageId']}" for m in back) == sorted(e.ref for e in taken[:2])
 
 
 def test_unreachable_endpoint_is_service_unavailable(queues, make_source, closed_port_url):
