@@ -13,9 +13,13 @@ from igata_sqs.notices import CompletionNotifier, NoticeSettings
 
 
 @pytest.fixture
-def topics(aws, sqs):
-    """``topics(name)``: a topic and a queue subscribed to it; returns (arn, queue url)."""
+def topics(aws, moto_queues):
+    """``topics(name)``: a topic and a queue subscribed to it; returns (arn, queue url).
+
+    SNS is moto's, so the subscribed queue is moto's own too, even when the worker's SQS
+    goes to a strict emulator (moto's SNS delivers only into moto's queues)."""
     sns = aws.client("sns")
+    sqs = moto_queues.sqs
 
     def make(name):
         arn = sns.create_topic(Name=name)["TopicArn"]
@@ -29,9 +33,15 @@ def topics(aws, sqs):
     return make
 
 
-def notices(queues, url):
-    """The published notice bodies (the ``default`` message) received by ``url``."""
-    return [json.loads(json.loads(m["Body"])["Message"]) for m in queues.drain(url)]
+@pytest.fixture
+def notices(moto_queues):
+    """``notices(url)``: the published notice bodies (the ``default`` message) received by
+    the inbox queue ``url``."""
+
+    def read(url):
+        return [json.loads(json.loads(m["Body"])["Message"]) for m in moto_queues.drain(url)]
+
+    return read
 
 
 def run_worker(url, out, predictor="sqs_predictors:Shape", **options):
@@ -41,7 +51,9 @@ def run_worker(url, out, predictor="sqs_predictors:Shape", **options):
     )
 
 
-def test_acked_requests_are_announced_on_their_topics(queues, images, requests_for, topics):
+def test_acked_requests_are_announced_on_their_topics(
+    queues, images, requests_for, topics, notices
+):
     done_a, inbox_a = topics("done-a")
     done_b, inbox_b = topics("done-b")
     url, out = queues.create(), queues.create("results")
@@ -52,45 +64,47 @@ def test_acked_requests_are_announced_on_their_topics(queues, images, requests_f
     queues.send(url, [{**b2, "request_id": "r-2", "sns_topic_arn": done_b}])
     result = run_worker(url, out)
     assert result.exit_code == 0, result.summary
-    assert notices(queues, inbox_a) == [["r-0", "r-1"]]
-    assert notices(queues, inbox_b) == [["r-2"]]
+    assert notices(inbox_a) == [["r-0", "r-1"]]
+    assert notices(inbox_b) == [["r-2"]]
     assert len(queues.results(out)) == 3
 
 
-def test_fallback_topic_and_detailed_format(queues, images, requests_for, topics):
+def test_fallback_topic_and_detailed_format(queues, images, requests_for, topics, notices):
     fallback, inbox = topics("all-done")
     url, out = queues.create(), queues.create("results")
     queues.send(url, requests_for(images(2)))
     result = run_worker(url, out, sns_topic_arn=fallback, notice_format="detailed")
     assert result.exit_code == 0
-    (notice,) = notices(queues, inbox)
+    (notice,) = notices(inbox)
     assert sorted(notice, key=lambda n: n["request_id"]) == [
         {"request_id": "images:0", "collection_id": "events:1", "status": "completed"},
         {"request_id": "images:1", "collection_id": "events:1", "status": "completed"},
     ]
 
 
-def test_final_failure_is_announced_with_status_error(queues, images, requests_for, topics):
+def test_final_failure_is_announced_with_status_error(
+    queues, images, requests_for, topics, notices
+):
     topic, inbox = topics("done")
     url, out = queues.create(max_receive=1), queues.create("results")
     (request,) = requests_for(images(1), poison=True, sns_topic_arn=topic)
     queues.send(url, [request])
     result = run_worker(url, out, "sqs_predictors:FailPoison", notice_format="detailed")
     assert result.summary["failed"] == 1
-    (notice,) = notices(queues, inbox)
+    (notice,) = notices(inbox)
     (entry,) = notice
     assert entry["status"] == "error" and entry["request_id"] == "images:0"
     assert entry["errors"], entry
     assert queues.results(out) == []
 
 
-def test_no_notice_before_the_final_attempt(queues, images, requests_for, topics):
+def test_no_notice_before_the_final_attempt(queues, images, requests_for, topics, notices):
     topic, inbox = topics("done")
     url, out = queues.create(max_receive=3), queues.create("results")
     queues.send(url, requests_for(images(1), poison=True, sns_topic_arn=topic))
     result = run_worker(url, out, "sqs_predictors:FailPoison", max_messages=1)
     assert result.summary["nacked"] == 1
-    assert notices(queues, inbox) == []
+    assert notices(inbox) == []
 
 
 class FakeSns:
@@ -151,6 +165,21 @@ def test_failed_publish_is_retried_then_reported_without_raising(caplog):
         sink.completed([envelope("r-1", "r-2")])
     assert sink.unpublished == 2 and broken.fail == 9, "a missing topic is not retried"
     assert "could not be published" in caplog.text and "r-1, r-2" in caplog.text
+    assert "check the topic ARN" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "code, attempts",
+    [("NotFound", 1), ("AuthorizationError", 1), ("InvalidParameter", 1),
+     ("KMSAccessDenied", 1), ("KMSDisabled", 1), ("Throttled", 3), ("KMSThrottling", 3),
+     ("InternalError", 3)],
+)  # fmt: skip
+def test_sns_errors_are_retried_only_when_they_are_outages(code, attempts, monkeypatch):
+    monkeypatch.setattr("igata_sqs.notices.time.sleep", lambda seconds: None)
+    broken = FakeSns(fail=10, code=code)
+    sink = notifier(broken)
+    sink.completed([envelope("r-1")])
+    assert (sink.unpublished, 10 - broken.fail) == (1, attempts)
 
 
 def test_requests_without_topic_get_no_notice():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -348,9 +349,11 @@ def fifo_pair(sqs, target_attributes=None):
 def send_groups(sqs, url, groups):
     for group, texts in groups.items():
         for text in texts:
+            # A deduplication id SQS accepts (1-128 characters), however long the body.
+            dedup = hashlib.sha256(f"{group}-{text}".encode()).hexdigest()
             sqs.send_message(
                 QueueUrl=url, MessageBody=text, MessageGroupId=group,
-                MessageDeduplicationId=f"{group}-{text}",
+                MessageDeduplicationId=dedup,
             )  # fmt: skip
 
 
@@ -376,6 +379,29 @@ def test_fifo_group_stops_at_a_message_that_cannot_move(sqs, queues):
     assert "an earlier message of its group was not moved" in result.stderr
     left = queues.drain(dlq)
     assert [m["Body"][:2] for m in left] == ["a2", "a3"], "the group stays whole and in order"
+
+
+def test_fifo_deduplication_ids_are_always_valid(sqs):
+    """The replay's deduplication id is derived from the DLQ message id: one SQS would refuse
+    (over 128 characters, or other characters) is hashed, the same id to the same hash."""
+    from igata_sqs.limits import valid_fifo_id
+    from igata_sqs.replay.letters import DeadLetter
+
+    dlq, target = fifo_pair(sqs)
+    replayer = Replayer(
+        sqs, dlq, target, Selector(Filters()), Settings(),
+        target_fifo=True, say=lambda text, err: None,
+    )  # fmt: skip
+    ids = []
+    for message_id in ("a" * 36, "m" * 120, "id with spaces", "ü-1"):
+        message = {"MessageId": message_id, "ReceiptHandle": "h", "Body": "x",
+                   "Attributes": {"MessageGroupId": "g"}}  # fmt: skip
+        entry = replayer._entry("0", DeadLetter(message, "request_id"))
+        assert valid_fifo_id(entry["MessageDeduplicationId"]), entry
+        assert entry == replayer._entry("0", DeadLetter(message, "request_id"))
+        ids.append(entry["MessageDeduplicationId"])
+    assert ids[0] == "igata-replay-" + "a" * 36, "a valid id is kept as it is"
+    assert len(set(ids)) == 4
 
 
 def test_fifo_target_needs_a_fifo_dead_letter_queue(sqs, queues):
