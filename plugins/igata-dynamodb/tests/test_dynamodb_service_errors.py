@@ -379,6 +379,24 @@ def test_what_dynamodb_refuses_is_found_before_any_call(
     assert sink.flush() == []
 
 
+def test_numbers_at_dynamodbs_limits_are_written_and_read_back(
+    open_sink: Any, ddb: Any, make_record: Any
+) -> None:
+    limits = {
+        "largest": Decimal("9.9999999999999999999999999999999999999E+125"),
+        "smallest": Decimal("1E-130"),
+        "negative": Decimal("-9.99E+125"),
+        "digits38": Decimal("1234567890.1234567890123456789012345678"),
+    }
+    sink = open_sink()
+    assert sink.put_records([make_record("r1", [limits])]) == []
+    assert sink.flush() == []
+    [item] = ddb.scan(TableName=RESULTS)["Items"]
+    # Read raw: a server may give 1E-130 back as 0.000…1, more than boto3's 38-digit
+    # deserializer takes.
+    assert {name: Decimal(item[name]["N"]) for name in limits} == limits
+
+
 # -- through the engine: one record fails at stage sink, its message nacked -------------
 
 
