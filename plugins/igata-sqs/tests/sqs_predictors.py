@@ -51,3 +51,23 @@ class FailPoison(PredictorBase):
         if meta.get("poison"):
             raise ValueError(f"poisoned request {meta.get('image_id')}")
         return _describe(input_record)
+
+
+class BigPoison(PredictorBase):
+    """Returns a result too large for a small queue for requests marked ``"poison": true``."""
+
+    def predict(self, input_record: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        result = _describe(input_record)
+        if meta.get("poison"):
+            result["blob"] = "z" * 4000
+        return result
+
+
+class FatalPoison(PredictorBase):
+    """Raises SystemExit (a fatal error: the run stops) for requests marked ``"poison"``."""
+
+    def predict(self, input_record: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        if meta.get("poison"):
+            raise SystemExit("poisoned model state")
+        time.sleep(float(os.environ.get("SQS_TEST_SLEEP", "0")))
+        return _describe(input_record)

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from igata_core.testing import run_pipeline
+from igata_sqs.sink import SqsSink
 
 SHAPE = "sqs_predictors:Shape"
 
@@ -174,3 +175,59 @@ def test_source_aliases(alias, queues, images, requests_for):
         sink_options={"queue_url": out},
     )  # fmt: skip
     assert result.exit_code == 0 and len(queues.results(out)) == 1
+
+
+def test_record_over_the_output_queues_limit_fails_alone(queues, images, requests_for):
+    """The output queue takes 1 KiB messages: the one large result is that record's error
+    (stage sink, its message retried), the others are written exactly once; a worker's
+    failures do not change its exit code (0)."""
+    url, out = queues.create(visibility=30), queues.create("results")
+    queues.sqs.set_queue_attributes(QueueUrl=out, Attributes={"MaximumMessageSize": "1024"})
+    requests = requests_for(images(4))
+    requests[2]["poison"] = True
+    queues.send(url, requests[:3])
+    queues.send(url, [requests[3]])
+    result = run_worker(url, out, "sqs_predictors:BigPoison", retry_delay=60, idle_timeout=0,
+                        max_messages=2)  # fmt: skip
+    assert result.exit_code == 0, result.summary
+    (outcome,) = result.outcomes
+    assert (outcome.identity, outcome.stage, outcome.error_type) == (
+        "images:2",
+        "sink",
+        "RecordTooLarge",
+    )
+    assert (result.summary["acked"], result.summary["nacked"]) == (1, 1)
+    written = [r["igata_id"] for r in queues.results(out)]
+    assert sorted(written) == ["images:0", "images:1", "images:3"], "each exactly once"
+
+
+class ShrinkingQueueSink(SqsSink):
+    """An sqs sink whose queue lowers its MaximumMessageSize right after open(): the limit
+    is then enforced by SQS itself, not by the sink's check before sending."""
+
+    def open(self):
+        super().open()
+        self._client.set_queue_attributes(
+            QueueUrl=self.queue_url, Attributes={"MaximumMessageSize": "1024"}
+        )
+
+
+def test_message_refused_by_sqs_fails_alone(queues, images, requests_for):
+    url, out = queues.create(visibility=30), queues.create("results")
+    requests = requests_for(images(4))
+    requests[1]["poison"] = True
+    queues.send(url, requests[:2])
+    queues.send(url, requests[2:])
+    result = run_pipeline(
+        "sqs", ShrinkingQueueSink({"queue_url": out}), "sqs_predictors:BigPoison",
+        source_options={"queue_url": url, "wait_time_seconds": 1, "retry_delay": 60,
+                        "max_messages": 2},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.summary
+    (outcome,) = result.outcomes
+    assert (outcome.identity, outcome.stage) == ("images:1", "sink")
+    assert "refused record images:1" in outcome.message
+    assert (result.summary["acked"], result.summary["nacked"]) == (1, 1)
+    written = [r["igata_id"] for r in queues.results(out)]
+    assert sorted(written) == ["images:0", "images:2", "images:3"], "each exactly once"
+    assert queues.counts(url) == (0, 1), "the failed message waits for its retry"

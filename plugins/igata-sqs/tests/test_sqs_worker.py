@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -185,4 +186,58 @@ def test_sink_outage_exits_3_and_leaves_input_alone(
     queues.wait_for(url, visible=3, timeout=4)
     back = queues.drain(url)
     assert sorted(int(m["Attributes"]["ApproximateReceiveCount"]) for m in back) == [2, 2, 2]
+    assert queues.drain(queues.dead_letter[url]) == []
+
+
+# -- configuration refused and fatal errors: exit at once ------------------------------------------
+
+
+def test_missing_output_queue_exits_2_within_seconds(queues, images, requests_for, worker):
+    url = queues.create(visibility=30)
+    for request in requests_for(images(2)):
+        queues.send(url, [request])
+    missing = url.replace("/requests", "/no-such-results")
+    started = time.monotonic()
+    code, _, log = finish(worker(sqs_worker(url, missing), SQS_TEST_SLEEP="0"), timeout=20)
+    assert code == 2, log
+    assert time.monotonic() - started < 10, "no minute of retries for a missing queue"
+    assert "no-such-results" in log and "does not exist" in log, log
+    assert sum(queues.counts(url)) == 2, "no input message deleted"
+
+
+def test_missing_input_queue_exits_2_within_seconds_consuming_nothing(queues, worker):
+    out = queues.create("results")
+    missing = out.replace("/results", "/no-such-requests")
+    started = time.monotonic()
+    code, _, log = finish(worker(sqs_worker(missing, out)), timeout=20)
+    assert code == 2, log
+    assert time.monotonic() - started < 10
+    assert "no-such-requests" in log and "does not exist" in log, log
+    assert queues.counts(out) == (0, 0), "nothing consumed, nothing written"
+
+
+def test_fatal_error_exits_4_and_hands_messages_back_at_once(queues, images, requests_for, worker):
+    url, out = queues.create(visibility=30, max_receive=3), queues.create("results")
+    requests = requests_for(images(6))
+    requests[0]["poison"] = True
+    for request in requests:
+        queues.send(url, [request])
+    started = time.monotonic()
+    process = worker(
+        sqs_worker(url, out, "--batch-size", "1", "--concurrency", "1",
+                   predictor="sqs_predictors:FatalPoison"),
+        SQS_TEST_SLEEP="0.3",
+    )  # fmt: skip
+    code, _, log = finish(process, timeout=30)
+    assert code == 4, log
+    assert time.monotonic() - started < 20, "no thread may keep the process alive"
+    written = {r["igata_id"] for r in queues.results(out)}
+    # Everything not written is visible again at once (30 s visibility otherwise).
+    visible, in_flight = queues.wait_for(url, visible=6 - len(written), timeout=3)
+    assert (visible, in_flight) == (6 - len(written), 0), log
+    assert "images:0" not in written
+    back = queues.drain(url)
+    assert {json.loads(m["Body"])[0]["image_id"] for m in back} == {
+        r["image_id"] for r in requests
+    } - written
     assert queues.drain(queues.dead_letter[url]) == []
