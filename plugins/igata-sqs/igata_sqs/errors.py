@@ -233,8 +233,8 @@ def entry_text(failure: Mapping[str, Any]) -> str:
     return text + (" (sender fault)" if failure.get("SenderFault") else "")
 
 
-#: What to do about a configuration error, by code: appended to its message.
 def configuration_hint(exc_or_failure: BaseException | Mapping[str, Any]) -> str:
+    """What to do about a configuration error, by its code (appended to its message)."""
     if isinstance(exc_or_failure, Mapping):
         found: tuple[str, ...] = (_normal(str(exc_or_failure.get("Code") or "")),)
     else:
@@ -248,11 +248,15 @@ def configuration_hint(exc_or_failure: BaseException | Mapping[str, Any]) -> str
         return "check the topic ARN and the region, or create the topic"
     if any(code.startswith("kms") for code in found):
         return (
-            "the queue is encrypted with a KMS key these credentials may not use: grant "
+            "the queue or topic is encrypted with a KMS key these credentials may not use: "
+            "grant "
             "kms:GenerateDataKey and kms:Decrypt on the key, or check that it is enabled"
         )
     if any(code in _set("AccessDenied", "AuthorizationError", "OptInRequired") for code in found):
-        return "grant these credentials the needed permissions (see the README's IAM policy)"
+        return (
+            "grant these credentials the needed permissions (docs/deploy.md, 'IAM: the "
+            "least a worker needs')"
+        )
     if any(
         code
         in _set(
