@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from igata_jobs.aws import QUEUE_ENV, REQUESTS_TABLE_ENV, RESULTS_TABLE_ENV, JobError  # noqa: F401
+from igata_jobs.aws import QUEUE_ENV, REQUESTS_TABLE_ENV, RESULTS_TABLE_ENV, JobError
 
 #: The ``s3`` source's default extensions (igata_s3.source.DEFAULT_EXTENSIONS), without
 #: importing it here.
@@ -243,3 +243,230 @@ def _pretty(body: str) -> str:
     import json
 
     return json.dumps(json.loads(body)[:3], indent=2, ensure_ascii=False)
+
+
+@click.command(name="status")
+@click.argument("collection_id", metavar="COLLECTION")
+@requests_table_option
+@queue_option
+@requests_hashkey_option
+@state_keyname_option
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh every --interval seconds until the collection is done; then exit "
+    "with the --json exit code.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refresh interval of --watch.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON and exit 0 when every request completed, 1 when done with "
+    "errors, 4 while in progress.",
+)
+@click.option(
+    "--error-sample",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="Failed requests read to find the most common errors.",
+)
+def status(
+    collection_id: str,
+    requests_table: str | None,
+    queue_url: str | None,
+    requests_hashkey: str,
+    state_keyname: str,
+    watch: bool,
+    interval: float,
+    as_json: bool,
+    error_sample: int,
+) -> None:
+    """Show a collection's progress: requests by state (from the REQUESTS table's
+    collection_id-state-index), the queue's visible / in-flight / delayed messages and its
+    dead-letter queue's depth (with --queue), the throughput over the last minute, an ETA
+    and the most common errors.
+
+    Exit status with --json or --watch: 0 done (every request completed), 1 done with
+    errors, 4 in progress; otherwise 0. 2: usage or configuration error, 3: a service
+    stayed unavailable.
+    """
+    import time
+
+    from igata_jobs.aws import check_table, dynamodb_client, sqs_client
+    from igata_jobs.aws import layout as make_layout
+    from igata_jobs.status import read_status
+
+    if not requests_table:
+        raise JobError(f"no REQUESTS table: pass --requests-table NAME or set {REQUESTS_TABLE_ENV}")
+    layout = make_layout(requests_table, request_key=requests_hashkey, state_key=state_keyname)
+    ddb = dynamodb_client()
+    check_table(ddb, layout, "REQUESTS")
+    sqs = sqs_client() if queue_url else None
+    tty = sys.stdout.isatty()
+    while True:
+        found = read_status(
+            ddb, layout, collection_id, sqs=sqs, queue_url=queue_url, error_sample=error_sample
+        )
+        if as_json:
+            click.echo(found.as_json())
+        else:
+            if watch and tty:
+                click.clear()
+            click.echo(found.text())
+        if found.total == 0 and not watch:
+            click.echo(
+                f"status: no REQUESTS items for collection {collection_id!r} in "
+                f"{requests_table} (was it submitted with --requests-table?)",
+                err=True,
+            )
+        if not watch or found.done:
+            break
+        time.sleep(interval)
+    if watch or as_json:
+        sys.exit(found.exit_code)
+
+
+@click.command(name="export")
+@click.argument("collection_id", metavar="COLLECTION")
+@click.option(
+    "--to",
+    "dest",
+    required=True,
+    metavar="DEST",
+    help="Where the results go: a local .jsonl or .csv file, or s3://BUCKET/PREFIX/ "
+    "(part objects part-00000.jsonl ...).",
+)
+@requests_table_option
+@click.option(
+    "--results-table",
+    envvar=RESULTS_TABLE_ENV,
+    metavar="NAME",
+    help=f"RESULTS table of the dynamodb sink [env {RESULTS_TABLE_ENV}].",
+)
+@requests_hashkey_option
+@state_keyname_option
+@click.option(
+    "--results-sortkey",
+    envvar="RESULTS_SORTKEY_KEYNAME",
+    default="s3_uri",
+    show_default=True,
+    metavar="FIELD",
+    help="RESULTS range key [env RESULTS_SORTKEY_KEYNAME].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "csv"]),
+    default="auto",
+    show_default=True,
+    help="Output format; auto: csv for a DEST ending in .csv, else jsonl.",
+)
+@click.option(
+    "--fields",
+    metavar="NAME,...",
+    help="CSV: the columns, in order (default: the first result's attributes).",
+)
+@click.option(
+    "--errors-to",
+    metavar="DEST",
+    help="Also export the collection's failed requests (REQUESTS items in state "
+    "error, with their errors) to DEST.",
+)
+@click.option(
+    "--read",
+    "read",
+    type=click.Choice(["auto", "keys", "scan"]),
+    default="auto",
+    show_default=True,
+    help="keys: RESULTS items by key (BatchGetItem) for the "
+    "completed requests of the collection index; scan: a parallel Scan of "
+    "RESULTS; auto: keys when the REQUESTS items carry the sort key (igata submit "
+    "writes it).",
+)
+@click.option(
+    "--segments",
+    type=click.IntRange(min=1, max=1000),
+    default=4,
+    show_default=True,
+    metavar="N",
+    help="Parallel Scan segments (--read scan).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1, max=64),
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="Parallel BatchGetItem calls (--read keys).",
+)
+def export(
+    collection_id: str,
+    dest: str,
+    requests_table: str | None,
+    results_table: str | None,
+    requests_hashkey: str,
+    state_keyname: str,
+    results_sortkey: str,
+    fmt: str,
+    fields: str | None,
+    errors_to: str | None,
+    read: str,
+    segments: int,
+    workers: int,
+) -> None:
+    """Export a collection's RESULTS items (and, with --errors-to, its failed requests)
+    through the jsonl / csv / s3-jsonl / s3-csv sinks.
+
+    Exit status: 0 everything exported; 1 some RESULTS items were missing or refused by
+    the sink; 2 usage or configuration error; 3 a service stayed unavailable.
+    """
+    from igata_jobs.export import ExportSettings
+    from igata_jobs.export import export as run_export
+
+    if not requests_table:
+        raise JobError(f"no REQUESTS table: pass --requests-table NAME or set {REQUESTS_TABLE_ENV}")
+    if not results_table:
+        raise JobError(f"no RESULTS table: pass --results-table NAME or set {RESULTS_TABLE_ENV}")
+    settings = ExportSettings(
+        collection_id=collection_id,
+        dest=dest,
+        requests_table=requests_table,
+        results_table=results_table,
+        request_key=requests_hashkey,
+        state_key=state_keyname,
+        sort_key=results_sortkey,
+        format=fmt,
+        fields=[f.strip() for f in (fields or "").split(",") if f.strip()],
+        errors_to=errors_to,
+        read=read,
+        segments=segments,
+        workers=workers,
+    )
+    report = run_export(settings)
+    line = (
+        f"export: {report.results} results of {report.completed} completed requests to "
+        f"{dest} ({report.read}, {report.seconds:.1f} s)"
+    )
+    if errors_to:
+        line += f"; {report.errors} failed requests to {errors_to}"
+    click.echo(line)
+    if report.missing:
+        click.echo(
+            f"export: {report.missing} RESULTS items counted by REQUESTS were not found "
+            "(a worker may be rewriting them; export again)",
+            err=True,
+        )
+    if report.rejected:
+        click.echo(f"export: {report.rejected} records refused by the sink", err=True)
+    if report.missing or report.rejected:
+        sys.exit(1)

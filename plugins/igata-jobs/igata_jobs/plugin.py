@@ -16,6 +16,8 @@ IGATA_HOOK_API = 1
 
 @hookimpl
 def register_commands(register: Callable[[Any], None]) -> None:
-    from igata_jobs.cli import submit
+    from igata_jobs.cli import export, status, submit
 
     register(submit)
+    register(status)
+    register(export)

@@ -104,3 +104,67 @@ class World:
         for page in self.ddb.get_paginator("scan").paginate(TableName=table, ConsistentRead=True):
             items += [{k: plain.deserialize(v) for k, v in i.items()} for i in page["Items"]]
         return items
+
+
+def png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4), (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class Labeller:
+    """One result per image; an image whose key holds 'poison' fails in predict."""
+
+    @staticmethod
+    def make() -> type:
+        from igata_core import PredictorBase
+
+        class _Labeller(PredictorBase):
+            def predict(self, input_record: Any, meta: dict[str, Any]) -> dict[str, Any]:
+                if "poison" in meta["s3_uri"]:
+                    raise ValueError(f"cannot read {meta['s3_uri']}")
+                return {"result": [{"label": "green", "score": 0.75, "pixels": 16}]}
+
+        return _Labeller
+
+
+def run_workers(queue_url: str, *, requests: str = REQUESTS, results: str = RESULTS) -> Any:
+    """Drain the queue with an in-process sqs -> dynamodb worker."""
+    from igata_core.testing import run_pipeline
+
+    return run_pipeline(
+        "sqs",
+        "dynamodb",
+        Labeller.make(),
+        source_options={
+            "queue_url": queue_url,
+            "idle_timeout": 1,
+            "wait_time_seconds": 1,
+            "retry_delay": 0,
+        },
+        sink_options={"requests_tablename": requests, "results_tablename": results},
+        flush_interval=0.1,
+    )
+
+
+def set_state(
+    world: World, request_ids: list[str], state: str, *, errors: str = "[]", at: float | None = None
+) -> None:
+    import time
+
+    for rid in request_ids:
+        world.ddb.update_item(
+            TableName=REQUESTS,
+            Key={"request_id": {"S": rid}},
+            UpdateExpression="SET #s = :s, updated_at_timestamp = :t, errors = :e",
+            ExpressionAttributeNames={"#s": "state"},
+            ExpressionAttributeValues={
+                ":s": {"S": state},
+                ":t": {"N": str(int(at or time.time()))},
+                ":e": {"S": errors},
+            },
+        )
