@@ -40,7 +40,11 @@ class InvalidAttribute(ValueError):
 
 
 def check_number(value: Decimal, where: str) -> Decimal:
-    """``value`` without trailing zeros, or :class:`InvalidAttribute` if DynamoDB refuses it."""
+    """``value`` as sent to DynamoDB, or :class:`InvalidAttribute` if DynamoDB refuses it.
+
+    Trailing zeros after the decimal point are dropped (``1.50`` -> ``1.5``); a whole number
+    is written out without an exponent (``Decimal("3E+1")`` -> ``30``) up to 38 digits.
+    """
     if not value.is_finite():
         raise InvalidAttribute(f"{where}: {value} is not a number DynamoDB can store (NaN/inf)")
     sign, digits, exponent = value.as_tuple()
@@ -69,6 +73,10 @@ def check_number(value: Decimal, where: str) -> Decimal:
             f"{where}: {value} has digits below 1E{MIN_DIGIT_EXPONENT}, which boto3 cannot "
             "send exactly (round it, or send it as a string)"
         )
+    if exponent > 0 and len(digit_list) + exponent <= MAX_NUMBER_DIGITS:
+        # A whole number is sent as written (30, not 3E+1), as long as boto3's 38-digit
+        # context can take its trailing zeros; beyond that only the exponent form can.
+        return Decimal((sign, (*digit_list, *([0] * exponent)), 0))
     return Decimal((sign, tuple(digit_list), exponent))
 
 
@@ -211,6 +219,7 @@ def value_size(value: Any) -> int:
         sign, digits, _ = value.as_tuple()
         if not value:
             return 1
+        digits = _significant(digits)
         even = len(digits) % 2 == 0 and value.adjusted() % 2 == 0
         return 1 + (len(digits) + 1) // 2 + (1 if even else 0) + (1 if sign else 0)
     if isinstance(value, dict):
@@ -220,6 +229,16 @@ def value_size(value: Any) -> int:
     if isinstance(value, (set, frozenset)):
         return sum(value_size(v) for v in value)
     raise TypeError(f"not a converted value: {type(value).__name__}")
+
+
+def _significant(digits: tuple[int, ...]) -> tuple[int, ...]:
+    """The significant digits of a coefficient (``30`` counts as ``3``, as DynamoDB does)."""
+    start, end = 0, len(digits)
+    while start < end - 1 and digits[start] == 0:
+        start += 1
+    while end > start + 1 and digits[end - 1] == 0:
+        end -= 1
+    return digits[start:end]
 
 
 def item_size(item: Mapping[str, Any]) -> int:

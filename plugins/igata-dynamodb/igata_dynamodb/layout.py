@@ -23,6 +23,9 @@ RESULTS_COUNT_ATTRIBUTE = "results_count"
 COLLECTION_ATTRIBUTE = "collection_id"
 VALID_NUMBER_ATTRIBUTE = "valid_number"
 
+#: The original's RESULTS_ADDITIONAL_PARENT_FIELDS; the first follows the REQUESTS key name.
+DEFAULT_PARENT_FIELDS = ("request_id", "s3_uri")
+
 COMPLETED = "completed"
 ERROR = "error"
 
@@ -42,7 +45,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "requests_hashkey_keyname",
         default="request_id",
-        help="REQUESTS hash key; every result record must carry this field.",
+        help="REQUESTS hash key, and the record field naming the request; a record without "
+        "it is keyed by its identity (igata_id).",
         env=("REQUESTS_TABLE_HASHKEY_KEYNAME",),
     ),
     Option(
@@ -62,9 +66,12 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "results_additional_parent_fields",
         "list",
-        default=["request_id", "s3_uri"],
+        # None: not set, so the defaults apply (DEFAULT_PARENT_FIELDS), and a record that
+        # lacks one of them is written without it; fields named explicitly are required.
+        default=None,
         help="Comma-separated request fields copied into every RESULTS item (they win over "
-        "the element's own fields of the same name).",
+        "the element's own fields of the same name). Default: the REQUESTS hash key field "
+        "(request_id) and s3_uri, each copied when the record has it.",
         env=("RESULTS_ADDITIONAL_PARENT_FIELDS",),
     ),
     Option(
@@ -93,9 +100,23 @@ class Layout:
     request_key: str = "request_id"
     results_key: str = "result"
     sort_key: str = "s3_uri"
-    parent_fields: tuple[str, ...] = ("request_id", "s3_uri")
+    #: None: not configured, so :attr:`copied_fields` are the defaults and optional.
+    parent_fields: tuple[str, ...] | None = None
     state_key: str = "state"
     precision: int = 6
+
+    @property
+    def copied_fields(self) -> tuple[str, ...]:
+        """The record fields copied into RESULTS items: as configured, else the REQUESTS
+        key field (following ``request_key``) and ``s3_uri``."""
+        if self.parent_fields is not None:
+            return self.parent_fields
+        return tuple(dict.fromkeys((self.request_key, *DEFAULT_PARENT_FIELDS[1:])))
+
+    @property
+    def parents_required(self) -> bool:
+        """True when the user named the parent fields: a record lacking one is refused."""
+        return self.parent_fields is not None
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> Layout:
@@ -105,7 +126,11 @@ class Layout:
             request_key=opts["requests_hashkey_keyname"],
             results_key=opts["results_keyname"],
             sort_key=opts["results_sortkey_keyname"],
-            parent_fields=tuple(opts["results_additional_parent_fields"]),
+            parent_fields=(
+                None
+                if opts.get("results_additional_parent_fields") is None
+                else tuple(opts["results_additional_parent_fields"])
+            ),
             state_key=opts["state_keyname"],
             precision=opts["decimal_precision_digits"],
         )

@@ -5,6 +5,12 @@ and one RESULTS item per element of its result list. An error outcome becomes on
 update (``state = error``). Everything DynamoDB would refuse is found here, before any call,
 so that one bad record is rejected alone.
 
+Which request a record belongs to: its value of the REQUESTS hash key field
+(``request_id`` by default), or, when it has none, its identity (``igata_id``: for SQS
+requests their ``request_id``, else ``image_id`` (CSV: ``file_id``, then ``image_id``), else
+a digest of the request). That id keys the REQUESTS item, is the digest input of the RESULTS
+``hashkey`` and is the value of the key field copied into RESULTS items.
+
 RESULTS items are keyed by a digest of the request id and the element's position, never by
 the predicted values: processing a request again (a redelivery, a new model) overwrites
 its items instead of adding new ones.
@@ -13,6 +19,7 @@ its items instead of adding new ones.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,11 +27,19 @@ from typing import TYPE_CHECKING, Any
 
 from igata_core.components import RECORD_ID_KEY, ErrorOutcome
 from igata_core.serialize import NotSerializable, dumps
-from igata_dynamodb.attributes import MAX_ITEM_BYTES, InvalidAttribute, flatten, item_size
+from igata_dynamodb.attributes import (
+    MAX_ITEM_BYTES,
+    InvalidAttribute,
+    convert,
+    flatten,
+    item_size,
+)
 from igata_dynamodb.layout import COMPLETED, ERROR, RESULTS_HASH_KEY, Layout
 
 if TYPE_CHECKING:
     from igata_dynamodb.tables import TableShape
+
+log = logging.getLogger("igata.dynamodb")
 
 #: Room left in a REQUESTS item for the attributes others wrote (collection_id, …).
 REQUESTS_HEADROOM_BYTES = 10 * 1024
@@ -48,9 +63,11 @@ class RequestWrite:
     """Everything one request needs written; lives in the sink's buffer until durable.
 
     ``items`` holds the RESULTS items not yet written, by their primary key, so a flush
-    that failed halfway retries only what is missing. ``indexes``: the positions of the
-    records this write stands for among those put since the last flush that returned
-    (several records of one request collapse into one write). ``refused``: DynamoDB's
+    that failed halfway retries only what is missing. ``fields``: request fields set on
+    the REQUESTS item because its table's indexes are keyed on them (``collection_id``).
+    ``indexes``: the positions of the records this write stands for among those put
+    since the last flush that returned (several records of one request collapse into one
+    write). ``refused``: DynamoDB's
     reason when it refused the write's content (then nothing more of it is written).
     """
 
@@ -60,6 +77,7 @@ class RequestWrite:
     identity: str
     errors: list[dict[str, Any]] = field(default_factory=list)
     attempt: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
     items: dict[tuple[str, Any], dict[str, Any]] = field(default_factory=dict)
     results_count: int = 0
     indexes: list[int] = field(default_factory=list)
@@ -168,33 +186,94 @@ def errors_json(errors: Sequence[Mapping[str, Any]]) -> str:
     return text
 
 
+def has_value(fields: Mapping[str, Any], name: str) -> bool:
+    """True when ``fields`` has a value for ``name`` (not missing, None or empty)."""
+    value = fields.get(name)
+    return value is not None and not (isinstance(value, str) and value == "")
+
+
 class RecordMapper:
     """Builds :class:`RequestWrite` objects for one table layout."""
 
-    def __init__(self, layout: Layout, results_shape: TableShape | None = None):
+    def __init__(
+        self,
+        layout: Layout,
+        results_shape: TableShape | None = None,
+        request_fields: Mapping[str, tuple[str, str, str]] | None = None,
+    ):
+        from igata_dynamodb.tables import request_index_fields
+
         self.layout = layout
         #: The RESULTS table as DescribeTable gave it (None if it could not be described):
         #: the types of its keys and of its indexes' keys, checked for every item.
         self.results_shape = results_shape
+        #: Request fields written to REQUESTS items: the key attributes of the REQUESTS
+        #: table's indexes (attribute -> (type, index, HASH|RANGE)).
+        self.request_fields = (
+            dict(request_fields)
+            if request_fields is not None
+            else request_index_fields(None, layout)
+        )
+
+    def request_id(self, fields: Mapping[str, Any], identity: Any) -> str:
+        """The REQUESTS key of a record: its key field, else its identity (``igata_id``)."""
+        key = self.layout.request_key
+        if has_value(fields, key):
+            request_id = request_id_of(fields, key)
+            if request_id is None:
+                got = fields.get(key)
+                raise InvalidRecord(
+                    f"dynamodb: the record's {key!r} is {type(got).__name__} {got!r}; the "
+                    "REQUESTS key needs a non-empty string or an integer (or leave it out: "
+                    f"the record's identity {RECORD_ID_KEY!r} is used then)"
+                )
+        elif isinstance(identity, str) and identity:
+            request_id = identity
+        else:
+            raise InvalidRecord(
+                f"dynamodb: the record needs a non-empty string field {key!r} naming its "
+                f"REQUESTS item, or an identity ({RECORD_ID_KEY!r}), but has neither (set "
+                "REQUESTS_TABLE_HASHKEY_KEYNAME to the request's id field)"
+            )
+        problem = request_id_problem(request_id, key)
+        if problem:
+            raise InvalidRecord(f"dynamodb: {problem}")
+        return request_id
+
+    def index_fields(self, fields: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        """The request's values of the REQUESTS index keys (``collection_id``…), converted.
+
+        A field the record lacks, or whose value is empty, is left out (DynamoDB refuses an
+        empty string in an index key; an item without the attribute is simply not in the
+        index). A value of another type than the index declares, or one DynamoDB would
+        refuse as a key, is left out with a warning: the request's state is still written.
+        """
+        found: dict[str, Any] = {}
+        for name, (type_, index, key_type) in self.request_fields.items():
+            if not has_value(fields, name):
+                continue
+            try:
+                value = convert(fields[name], self.layout.precision, f"attribute {name!r}")
+                problem = key_value_problem(name, value, type_, key_type)
+            except InvalidAttribute as exc:
+                problem = str(exc)
+            if problem:
+                log.warning(
+                    "dynamodb: request %r: %r is a key of the index %r of the REQUESTS table "
+                    "and %s; it is not written (the request is not found through that index)",
+                    request_id, name, index, problem,
+                )  # fmt: skip
+                continue
+            found[name] = value
+        return found
 
     def from_record(self, record: Mapping[str, Any]) -> RequestWrite:
         layout = self.layout
         identity = str(record.get(RECORD_ID_KEY, ""))
-        request_id = request_id_of(record, layout.request_key)
-        if request_id is None:
-            got = record.get(layout.request_key)
-            found = "it is missing" if got is None else f"it is {type(got).__name__} {got!r}"
-            raise InvalidRecord(
-                f"dynamodb: the record needs a non-empty string field {layout.request_key!r} "
-                f"naming its REQUESTS item, but {found} (set REQUESTS_TABLE_HASHKEY_KEYNAME "
-                "to the request's id field)"
-            )
-        problem = request_id_problem(request_id, layout.request_key)
-        if problem:
-            raise InvalidRecord(f"dynamodb: {problem}")
+        request_id = self.request_id(record, record.get(RECORD_ID_KEY))
         value = record.get(layout.results_key)
         elements = self._elements(value)
-        parents = self._parents(record) if elements else {}
+        parents = self._parents(record, request_id) if elements else {}
         items = [
             self._results_item(request_id, position, element, parents)
             for position, element in enumerate(elements)
@@ -227,15 +306,24 @@ class RecordMapper:
             results_json=results_json,
             identity=identity,
             results_count=len(items),
+            fields=self.index_fields(record, request_id),
         )
         for item in items:
             write.items[(item[RESULTS_HASH_KEY], item[layout.sort_key])] = item
         return write
 
     def from_error(self, outcome: ErrorOutcome) -> RequestWrite | None:
-        """The error write for an outcome, or None when it names no request."""
-        request_id = request_id_of(outcome.meta, self.layout.request_key)
-        if request_id is None or request_id_problem(request_id, self.layout.request_key):
+        """The error write for an outcome, or None when it names no request.
+
+        An outcome without request fields (a message body that is not JSON, a request
+        that is not an object) names none; one with fields but no key field is keyed by
+        its identity, as its results would have been.
+        """
+        if not outcome.meta:
+            return None
+        try:
+            request_id = self.request_id(outcome.meta, outcome.identity)
+        except InvalidRecord:
             return None
         return RequestWrite(
             request_id=request_id,
@@ -244,6 +332,7 @@ class RecordMapper:
             identity=outcome.identity,
             errors=[clean_error(outcome.to_dict())],
             attempt=outcome.attempt,
+            fields=self.index_fields(outcome.meta, request_id),
         )
 
     def _elements(self, value: Any) -> list[Mapping[str, Any]]:
@@ -267,14 +356,26 @@ class RecordMapper:
             "the prediction's result list)"
         )
 
-    def _parents(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        missing = [name for name in self.layout.parent_fields if name not in record]
+    def _parents(self, record: Mapping[str, Any], request_id: str) -> dict[str, Any]:
+        """The fields copied into every RESULTS item. The REQUESTS key field is copied with
+        the request's id (its identity when the record lacks the field); another field the
+        record lacks is left out, unless RESULTS_ADDITIONAL_PARENT_FIELDS names it."""
+        layout = self.layout
+        parents: dict[str, Any] = {}
+        missing: list[str] = []
+        for name in layout.copied_fields:
+            if name == layout.request_key and not has_value(record, name):
+                parents[name] = request_id
+            elif name in record:
+                parents[name] = record[name]
+            elif layout.parents_required:
+                missing.append(name)
         if missing:
             raise InvalidRecord(
                 f"dynamodb: the record lacks the parent field(s) {', '.join(map(repr, missing))} "
                 "that RESULTS_ADDITIONAL_PARENT_FIELDS copies into every RESULTS item"
             )
-        return {name: record[name] for name in self.layout.parent_fields}
+        return parents
 
     def _results_item(
         self,

@@ -98,12 +98,16 @@ class DynamoDbSink(Sink):
     # -- life cycle -------------------------------------------------------------------
 
     def open(self) -> None:
-        from igata_dynamodb.tables import check_tables
+        from igata_dynamodb.tables import check_tables, request_index_fields
 
         workers = max(1, min(self.context.concurrency, MAX_WRITERS))
         self._client = self.make_client(max_pool_connections=workers + 2)
         shapes = check_tables(self._client, self.layout)
-        self._mapper = RecordMapper(self.layout, shapes.get("RESULTS"))
+        self._mapper = RecordMapper(
+            self.layout,
+            shapes.get("RESULTS"),
+            request_index_fields(shapes.get("REQUESTS"), self.layout),
+        )
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="igata-dynamodb")
         self._updater = RequestUpdater(self._client, self.layout, self.backoff)
 

@@ -275,6 +275,20 @@ def requests_attribute_types(layout: Layout) -> dict[str, str]:
     }
 
 
+def request_index_fields(
+    shape: TableShape | None, layout: Layout
+) -> dict[str, tuple[str, str, str]]:
+    """The request fields a REQUESTS item gets so that its indexes find it: attribute ->
+    ``(type, index name, HASH|RANGE)`` for every key attribute of the table's indexes but
+    the table's own key and the attributes igata writes itself (``state``…). For a table
+    that could not be described, the original layout's ``collection_id`` (S)."""
+    if shape is None:
+        return {COLLECTION_ATTRIBUTE: ("S", index_name(COLLECTION_ATTRIBUTE, layout.state_key),
+                                       "HASH")}  # fmt: skip
+    own = {layout.request_key, *requests_attribute_types(layout)}
+    return {name: key for name, key in shape.index_keys.items() if name not in own}
+
+
 def check_tables(client: Any, layout: Layout) -> dict[str, TableShape | None]:
     """Fail early, with the fix in the message, if a table is missing or keyed otherwise.
 

@@ -7,8 +7,10 @@
 * An error sets ``state = error``, the errors (JSON), the time and the attempt, on the
   condition ``attribute_not_exists(state) OR state <> completed``: ``completed`` is
   terminal, and a write refused for that reason is done, not failed.
-* Other attributes of the item (``collection_id``, a ``queued`` state…) are kept: these are
-  ``UpdateItem`` calls, never ``PutItem``.
+* Both also set the request fields the table's indexes are keyed on (``collection_id``
+  for ``collection_id-state-index``), so the request is found through them.
+* Other attributes of the item (a ``queued`` state, fields written by whoever queued the
+  request…) are kept: these are ``UpdateItem`` calls, never ``PutItem``.
 
 Stale RESULTS items: a re-processing that yields fewer elements than before leaves the old
 elements at the higher positions. The success update is therefore conditional on
@@ -58,6 +60,19 @@ class RequestUpdater:
     def _key(self, write: RequestWrite) -> dict[str, Any]:
         return {self.layout.request_key: {"S": write.request_id}}
 
+    @staticmethod
+    def _set_fields(write: RequestWrite, names: dict[str, str], values: dict[str, Any]) -> str:
+        """``, #f0 = :f0, …`` for the write's index fields (names and values filled in)."""
+        from boto3.dynamodb.types import TypeSerializer
+
+        serializer = TypeSerializer()
+        expression = ""
+        for number, (name, value) in enumerate(sorted(write.fields.items())):
+            names[f"#f{number}"] = name
+            values[f":f{number}"] = serializer.serialize(value)
+            expression += f", #f{number} = :f{number}"
+        return expression
+
     def _write_success(self, write: RequestWrite) -> None:
         from igata_core.serialize import dumps
 
@@ -80,7 +95,7 @@ class RequestUpdater:
             Key=self._key(write),
             UpdateExpression=(
                 "SET #state = :state, #result = :result, #errors = :errors, "
-                "#updated = :updated, #count = :count"
+                "#updated = :updated, #count = :count" + self._set_fields(write, names, values)
             ),
             ExpressionAttributeNames=names,
             ExpressionAttributeValues=values,
@@ -161,6 +176,7 @@ class RequestUpdater:
             names["#attempt"] = ATTEMPT_ATTRIBUTE
             values[":attempt"] = {"N": str(write.attempt)}
             expression += ", #attempt = :attempt"
+        expression += self._set_fields(write, names, values)
         try:
             self.client.update_item(
                 TableName=self.layout.requests_table,

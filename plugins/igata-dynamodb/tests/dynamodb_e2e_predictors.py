@@ -22,3 +22,21 @@ class SlowDetector(PredictorBase):
                 for j in range(count)
             ]
         }
+
+
+class OneFinding(PredictorBase):
+    """One finding per image, with whole numbers of every kind (int, float, numpy)."""
+
+    def predict(self, input_record: Any, meta: dict[str, Any]) -> dict[str, Any]:
+        height, width = input_record.shape[:2]
+        return {
+            "result": [
+                {
+                    "label": "photo",
+                    "height": height,
+                    "width": width * 1.0,
+                    "pixels": input_record[:, :, 0].size,
+                    "mean": input_record.astype("float32").mean() * 0 + 30,
+                }
+            ]
+        }

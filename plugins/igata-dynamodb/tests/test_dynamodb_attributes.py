@@ -179,9 +179,13 @@ def test_result_shapes(result: Any, count: int) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"request_id": None}, "needs a non-empty string field 'request_id'.*missing"),
-        ({"request_id": ""}, "needs a non-empty string field 'request_id'"),
-        ({"request_id": ["x"]}, "it is list"),
+        (
+            {"request_id": None, "igata_id": None},
+            "needs a non-empty string field 'request_id' .* or an identity",
+        ),
+        ({"request_id": "", "igata_id": ""}, "needs a non-empty string field 'request_id'"),
+        ({"request_id": ["x"]}, "'request_id' is list"),
+        ({"request_id": True}, "'request_id' is bool"),
         ({"result": "cat"}, "'result' is a str; the RESULTS table needs a list of dicts"),
         ({"result": [{"a": 1}, 2]}, "element 1 of 'result' is a int"),
         ({"result": [{"a": float("nan")}]}, "RESULTS item 0 of 'result': attribute 'a'"),
@@ -197,14 +201,15 @@ def test_records_dynamodb_cannot_take_are_refused(fields: dict[str, Any], messag
         RecordMapper(LAYOUT).from_record(bad)
 
 
-def test_missing_parent_fields_are_named() -> None:
-    bad = record(result=[{"a": 1}])
+def test_missing_parent_fields_are_named_when_configured() -> None:
+    explicit = Layout("requests", "results", parent_fields=("request_id", "s3_uri"))
+    bad = record(result=[{"a": 1, "s3_uri": "s3://b/own.jpg"}])
     del bad["s3_uri"]
     with pytest.raises(InvalidRecord, match=r"lacks the parent field.*'s3_uri'"):
-        RecordMapper(LAYOUT).from_record(bad)
+        RecordMapper(explicit).from_record(bad)
     # Without elements nothing is copied, so nothing is missing.
     del bad["result"]
-    assert RecordMapper(LAYOUT).from_record(bad).results_count == 0
+    assert RecordMapper(explicit).from_record(bad).results_count == 0
 
 
 def test_numeric_request_ids_become_strings() -> None:

@@ -275,7 +275,7 @@ def test_error_and_success_buffered_together_end_completed(
         ({"result": [{"blob": "x" * 420_000}]}, "DynamoDB items hold at most 409600 bytes"),
         ({"result": [{"score": float("nan")}]}, "attribute 'score': nan is not a number"),
         ({"result": [{"label": "a"}], "s3_uri": ""}, "lacks the sort key 's3_uri'"),
-        ({"request_id": None}, "needs a non-empty string field 'request_id'"),
+        ({"request_id": None, "igata_id": None}, "needs a non-empty string field 'request_id'"),
     ],
     ids=["oversized", "nan", "no-sort-key", "no-request-id"],
 )
