@@ -387,3 +387,37 @@ def test_whole_numbers_are_sent_and_stored_without_exponent(
     assert item["np_float"] == item["rounded"] == item["nested__x"] == {"N": "30"}
     assert item["list"] == {"L": [{"N": "30"}, {"N": "30"}]}
     assert item["set"] == {"NS": ["30"]}
+
+
+def test_the_readme_example(sink: Any, store: Any) -> None:
+    """README, "Examples": the items written for an original-format request."""
+    record = {
+        "collection_id": "events:1",
+        "image_id": "images:1",
+        "s3_uri": "s3://bucket/1.jpg",
+        "result": [{"label": "cat", "score": 0.91, "position": {"x1": 10, "y1": 20}}],
+        "igata_id": "images:1",
+        "igata_input": "sqs:m1",
+    }
+    assert sink.put_records([record]) == []
+    assert sink.flush() == []
+    item = store.request("images:1")
+    assert item is not None
+    assert {k: v for k, v in item.items() if k not in ("result", "updated_at_timestamp")} == {
+        "request_id": "images:1",
+        "collection_id": "events:1",
+        "state": "completed",
+        "errors": "[]",
+        "results_count": 1,
+    }
+    assert json.loads(item["result"]) == record["result"]
+    [result] = store.results()
+    assert result == {
+        "hashkey": results_hashkey("images:1", 0),
+        "s3_uri": "s3://bucket/1.jpg",
+        "request_id": "images:1",
+        "label": "cat",
+        "score": Decimal("0.91"),
+        "position__x1": 10,
+        "position__y1": 20,
+    }
