@@ -304,7 +304,7 @@ def status(
 
     from igata_jobs.aws import check_table, dynamodb_client, sqs_client
     from igata_jobs.aws import layout as make_layout
-    from igata_jobs.status import read_status
+    from igata_jobs.status import Rate, read_status
 
     if not requests_table:
         raise JobError(f"no REQUESTS table: pass --requests-table NAME or set {REQUESTS_TABLE_ENV}")
@@ -313,10 +313,13 @@ def status(
     check_table(ddb, layout, "REQUESTS")
     sqs = sqs_client() if queue_url else None
     tty = sys.stdout.isatty()
+    rate = Rate()
     while True:
         found = read_status(
             ddb, layout, collection_id, sqs=sqs, queue_url=queue_url, error_sample=error_sample
         )
+        if watch:
+            rate.update(found)
         if as_json:
             click.echo(found.as_json())
         else:

@@ -9,6 +9,7 @@ last minute's as ``Count``, so one pass gives both.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from igata_jobs.aws import sqs_failure
 from igata_jobs.index import plain, query_pages
 
 QUEUED, COMPLETED, ERROR = "queued", "completed", "error"
+_URI = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]*[^\s'\".,:;)]")
 WINDOW_SECONDS = 60
 
 #: Exit codes of ``--json`` and ``--watch``.
@@ -46,6 +48,8 @@ class JobStatus:
     queue: QueueDepth | None = None
     dead_letter_queue: QueueDepth | None = None
     errors: list[tuple[str, int]] = field(default_factory=list)
+    #: What the throughput was measured over.
+    throughput_window: str = "the last minute"
 
     @property
     def finished(self) -> int:
@@ -80,11 +84,14 @@ class JobStatus:
             + (" - finished" if self.done else "")
         ]
         lines.append("  " + "  ".join(f"{state} {count}" for state, count in self.states.items()))
-        rate = f"  throughput {self.throughput_per_second:.1f} requests/s over the last minute"
+        rate = (
+            f"  throughput {self.throughput_per_second:.1f} requests/s over "
+            f"{self.throughput_window}"
+        )
         if self.eta_seconds is not None:
             rate += f"; ETA {_duration(self.eta_seconds)}"
         elif not self.done:
-            rate += "; ETA unknown (nothing finished in the last minute)"
+            rate += f"; ETA unknown (nothing finished over {self.throughput_window})"
         lines.append(rate)
         if self.queue is not None:
             q = self.queue
@@ -100,6 +107,33 @@ class JobStatus:
             lines.append("  most common errors:")
             lines += [f"  {count:>6}  {text}" for text, count in self.errors]
         return "\n".join(lines)
+
+
+class Rate:
+    """Throughput measured between refreshes (``--watch``): finished requests over up to
+    the last minute of readings, which is right from the first refresh on, where the
+    index's last-minute count divided by 60 s starts low."""
+
+    def __init__(self) -> None:
+        self.readings: list[tuple[float, int]] = []
+
+    def update(self, status: JobStatus, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.readings.append((now, status.finished))
+        while len(self.readings) > 2 and now - self.readings[0][0] > WINDOW_SECONDS:
+            self.readings.pop(0)
+        first_time, first_finished = self.readings[0]
+        if now - first_time <= 0:
+            return
+        status.throughput_per_second = (status.finished - first_finished) / (now - first_time)
+        status.throughput_window = f"the last {now - first_time:.0f} s"
+        remaining = status.total - status.finished
+        if remaining <= 0:
+            status.eta_seconds = 0.0 if status.total else None
+        elif status.throughput_per_second > 0:
+            status.eta_seconds = remaining / status.throughput_per_second
+        else:
+            status.eta_seconds = None
 
 
 def _duration(value: float) -> str:
@@ -147,7 +181,8 @@ def _last_error(text: Any) -> str:
     if not errors or not isinstance(errors, list) or not isinstance(errors[-1], dict):
         return "(no error recorded)"
     last = errors[-1]
-    message = " ".join(str(last.get("message", "")).split())
+    # Grouped by kind: the object named in each message would make every error unique.
+    message = _URI.sub("<uri>", " ".join(str(last.get("message", "")).split()))
     return f"{last.get('stage', '?')}: {last.get('error_type', '?')}: {message}"[:200]
 
 

@@ -170,3 +170,32 @@ def test_unknown_collection_and_configuration_errors(world):
         world.queue().rsplit("/", 1)[0] + "/no-such-queue",
     )
     assert queue.exit_code == 2 and "does not exist" in queue.output
+
+
+def test_watch_measures_throughput_between_refreshes():
+    from igata_jobs.status import JobStatus, Rate
+
+    rate = Rate()
+    first = JobStatus("c", states={"queued": 100, "completed": 0, "error": 0}, total=100)
+    rate.update(first, now=0.0)
+    later = JobStatus("c", states={"queued": 70, "completed": 28, "error": 2}, total=100)
+    rate.update(later, now=10.0)
+    assert later.throughput_per_second == 3.0 and later.eta_seconds == 70 / 3
+    assert "over the last 10 s; ETA 23s" in later.text()
+
+
+def test_common_errors_are_grouped_without_the_object_named(world):
+    _, ids = submitted(world, 3)
+    for n, rid in enumerate(ids):
+        text = json.dumps(
+            [
+                {
+                    "stage": "decode",
+                    "error_type": "RecordError",
+                    "message": f"s3://{BUCKET}/photos/img-{n}.jpg: not an image",
+                }
+            ]
+        )
+        set_state(world, [rid], "error", errors=text)
+    _, found = as_json("c1", "--requests-table", REQUESTS)
+    assert found["errors"] == [{"error": "decode: RecordError: <uri>: not an image", "count": 3}]
