@@ -83,8 +83,9 @@ CASES: list[Case] = [
          why="U+0000: refused by SQS in attributes; DynamoDB stores it"),
     Case("id-lone-surrogate", "delivered", "sink", {"request_id": "id-\ud800"},
          why="not Unicode text: JSON-escaped in an SQS body; DynamoDB cannot store it"),
-    Case("id-empty", "delivered", "sink", {"request_id": ""},
-         why="SQS refuses an empty attribute value; DynamoDB an empty key"),
+    Case("id-empty", "delivered", "delivered", {"request_id": ""},
+         why="an empty id is no id: the request's identity is its image_id (SQS refuses an "
+         "empty attribute value, DynamoDB an empty key)"),
     Case("id-astral", "delivered", "delivered", {"request_id": "id-\U0001f600"}),
     Case("id-long", "delivered", "sink", {"request_id": "x" * 3000},
          why="over DynamoDB's 2048-byte partition key"),
