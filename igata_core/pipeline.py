@@ -28,8 +28,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -162,6 +162,145 @@ class _Aborted(Exception):
     """Internal: the run is being aborted (exit code 3)."""
 
 
+class _Handoff:
+    """Entries passed between threads; a consumer sleeps until there are enough for it.
+
+    ``queue.Queue`` wakes a sleeping consumer on every put. A thread wake-up costs tens of
+    microseconds on a small machine, more than the engine's own work on a record, so here a
+    consumer says how many entries it waits for and is woken only when that many are there
+    (or by :meth:`wake`): a stage wakes about once per run of records, not once per record.
+    Every consumer of one hand-off waits for the same count.
+    """
+
+    def __init__(self) -> None:
+        self._entries: deque[Any] = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._sleepers = 0
+        self._wanted = 1  # entries the sleeping consumers wait for
+        self._woken = False  # a wake() not yet seen by a take(): the next take does not wait
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, entries: Iterable[Any]) -> None:
+        with self._cond:
+            self._entries.extend(entries)
+            if self._sleepers and len(self._entries) >= self._wanted:
+                self._cond.notify(self._sleepers)
+
+    def wake(self) -> None:
+        """Wake every consumer now, whatever it waits for (the input ended, a stop).
+
+        Sticky: a consumer that was not yet asleep does not wait in its next take either,
+        so the wake-up cannot fall between its last look and its wait."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        with self._cond:
+            self._entries.clear()
+
+    def take(self, most: int, least: int = 1, timeout: float = 0.0, share: int = 1) -> list[Any]:
+        """Up to ``most`` entries, after waiting up to ``timeout`` s for ``least`` of them.
+
+        Returns fewer (maybe none) after the timeout or a :meth:`wake`. ``share``: the
+        consumers that split the entries; one takes at most its share, so that a run of
+        slow loads (network) is still spread over every thread.
+        """
+        with self._cond:
+            if len(self._entries) < least and timeout > 0 and not self._woken:
+                self._wanted = least
+                self._sleepers += 1
+                try:
+                    self._cond.wait(timeout)
+                finally:
+                    self._sleepers -= 1
+            self._woken = False
+            count = min(most, max(1, len(self._entries) // share), len(self._entries))
+            return [self._entries.popleft() for _ in range(count)]
+
+
+class _LoadGate:
+    """How many load threads may load at once, tuned by the load rate it measures.
+
+    Threads that all want the GIL hand it over at every call that releases it (open, read,
+    close, a decode, an array copy), and each hand-over is a thread switch: with fast loads
+    (small local files) one thread loading alone is several times faster than eight taking
+    turns. With slow loads (S3, large images decoded outside the GIL) more threads are
+    faster. So the gate measures records loaded per second over windows of ``WINDOW``
+    records and tries halving or doubling its limit, keeping a change only when loading did
+    not get slower (going down) or got clearly faster (going up).
+    """
+
+    WINDOW = 64
+    #: Windows to wait after a trial that failed before trying again.
+    PAUSE = 16
+
+    def __init__(self, most: int) -> None:
+        self.most = max(1, most)
+        self.limit = self.most  # start as fast as possible for slow loads
+        self._active = 0
+        self._cond = threading.Condition(threading.Lock())
+        self._count = 0
+        self._since = time.monotonic()
+        self._trial: tuple[int, float] | None = None  # the limit before a trial, its rate
+        self._down = True  # direction of the next trial
+        self._pause = 0
+
+    def enter(self, timeout: float) -> bool:
+        """Take a place among the loading threads; False after ``timeout`` without one."""
+        with self._cond:
+            if self._active >= self.limit and not self._cond.wait_for(
+                lambda: self._active < self.limit, timeout
+            ):
+                return False
+            self._active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            self._cond.notify()
+
+    def over(self) -> bool:
+        """The limit went down: this thread should give its place up."""
+        return self._active > self.limit
+
+    def loaded(self, count: int) -> None:
+        """``count`` records were loaded; at the end of a window, tune the limit."""
+        with self._cond:
+            self._count += count
+            if self._count < self.WINDOW:
+                return
+            now = time.monotonic()
+            rate = self._count / max(now - self._since, 1e-6)
+            self._count, self._since = 0, now
+            self._tune(rate)
+            self._cond.notify_all()
+
+    def _tune(self, rate: float) -> None:
+        if self._trial is not None:
+            before, before_rate = self._trial
+            self._trial = None
+            kept = rate >= before_rate * (0.9 if self.limit < before else 1.1)
+            if not kept:
+                self.limit = before
+                self._down = not self._down
+                self._pause = self.PAUSE
+            return
+        if self._pause:
+            self._pause -= 1
+            return
+        new = max(1, self.limit // 2) if self._down else min(self.most, self.limit * 2)
+        if new == self.limit:  # at a bound: try the other way after a pause
+            self._down = not self._down
+            self._pause = self.PAUSE
+            return
+        self._trial = (self.limit, rate)
+        self.limit = new
+
+
 class Pipeline:
     def __init__(
         self,
@@ -197,7 +336,12 @@ class Pipeline:
         self._input_ok.set()
         self._signal: int | None = None
         self._slots = threading.Semaphore(self.settings.window())
-        self._ready: queue.Queue[Any] = queue.Queue()
+        # Items to load (producer -> load threads) and loaded items or their failures
+        # (load threads -> predictor), each handed over in runs.
+        self._work = _Handoff()
+        self._ready = _Handoff()
+        self._loads_closed = False
+        self._gate = _LoadGate(self.settings.concurrency)
         # Bounded, so a stuck sink holds the predictor, which holds the prefetch window.
         # Messages are batches (or single parse failures).
         self._out: queue.Queue[Any] = queue.Queue(maxsize=64)
@@ -286,12 +430,16 @@ class Pipeline:
             self._close()
             self.summary.seconds = time.monotonic() - started
             return self.summary
-        pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="igata-load")
-        producer = threading.Thread(
-            target=self._produce, args=(pool,), name="igata-producer", daemon=True
-        )
+        # Daemon threads: a load stuck in a loader must not keep an aborted run alive.
+        loaders = [
+            threading.Thread(target=self._load_worker, name=f"igata-load_{i}", daemon=True)
+            for i in range(self.settings.concurrency)
+        ]
+        producer = threading.Thread(target=self._produce, name="igata-producer", daemon=True)
         writer = threading.Thread(target=self._write, name="igata-writer", daemon=True)
         writer.start()
+        for loader in loaders:
+            loader.start()
         producer.start()
         self.health.watch_threads(
             lambda: writer.is_alive() and (producer.is_alive() or self._producer_done.is_set())
@@ -302,7 +450,7 @@ class Pipeline:
         except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code
             self._fatal(exc, f"predictor {type(self.predictor).__name__}")
         finally:
-            pool.shutdown(wait=not self._abort.is_set(), cancel_futures=True)
+            self._stop_loaders(loaders, wait=not self._abort.is_set())
             self._put_out(_DONE, force=True)
             writer.join()
             producer.join(timeout=0 if self._abort.is_set() else None)
@@ -383,11 +531,11 @@ class Pipeline:
 
     # -- producer thread -----------------------------------------------------------------
 
-    def _produce(self, pool: ThreadPoolExecutor) -> None:
+    def _produce(self) -> None:
         try:
             self.source.open()
             for envelope in self.source.envelopes():
-                self._accept(envelope, pool)
+                self._accept(envelope)
                 if self._stopping.is_set():
                     break
                 # A failing sink pauses intake; in-flight messages stay leased.
@@ -410,9 +558,9 @@ class Pipeline:
             self._fatal(exc, f"source {self.source.name!r}")
         finally:
             self._producer_done.set()
-            self._ready.put(None)  # wake the predictor loop
+            self._ready.wake()  # the predictor loop need not wait for a full batch any more
 
-    def _accept(self, envelope: Envelope, pool: ThreadPoolExecutor) -> None:
+    def _accept(self, envelope: Envelope) -> None:
         items = envelope.items
         # An unparsable or empty envelope is settled by the one entry sent for it below.
         ticket = _Ticket(envelope, pending=len(items) if items and not envelope.error else 1)
@@ -431,38 +579,93 @@ class Pipeline:
             log.warning("%s: holds no requests; acknowledged", envelope.ref)
             self._put_out(_Result(ticket, {}))
             return
+        works: list[_Work] = []
         for item in items:
             if item.error:
                 self._put_out(self._outcome(ticket, item, "parse", item.error))
                 continue
-            while not self._slots.acquire(timeout=0.5):
-                if self._abort.is_set():
-                    raise _Aborted
+            if not self._slots.acquire(blocking=False):
+                # The window is full: hand over what this envelope has so far, then wait.
+                self._submit(works)
+                works = []
+                while not self._slots.acquire(timeout=0.5):
+                    if self._abort.is_set():
+                        raise _Aborted
+            works.append(_Work(ticket, item))
+        self._submit(works)
+
+    def _submit(self, works: list[_Work]) -> None:
+        """Hand items to the load threads in one go (one wake-up at most)."""
+        if works:
             with self._lock:
-                self._in_flight += 1
-            pool.submit(self._load, _Work(ticket, item))
+                self._in_flight += len(works)
+            self._work.put(works)
 
-    # -- pool threads ----------------------------------------------------------------------
+    # -- load threads ----------------------------------------------------------------------
 
-    def _load(self, work: _Work) -> None:
+    def _load_worker(self) -> None:
+        """Load runs of items and hand each run's results to the predictor in one go.
+
+        A run is at most this thread's share of the items waiting (so slow loads are still
+        spread over every thread); a run of fast loads (local files) costs one wake-up of
+        the predictor instead of one per record.
+        """
+        most = max(1, self.settings.batch_size)
+        gate = self._gate
+        while not self._loads_closed:
+            if not gate.enter(timeout=0.5):
+                continue
+            try:
+                # Keep the place while there is work, so loading alone costs no switches.
+                while not self._loads_closed and not gate.over():
+                    run = self._work.take(most, timeout=0.5, share=gate.limit)
+                    if not run:
+                        break
+                    if not self._load_run(run):
+                        return
+                    gate.loaded(len(run))
+            finally:
+                gate.leave()
+
+    def _load_run(self, run: list[_Work]) -> bool:
+        """Load ``run`` and hand the results over; False when the run was aborted."""
+        loaded: list[_Work | _Failure] = []
+        for work in run:
+            if self._abort.is_set():
+                return False
+            entry = self._load(work)
+            if entry is not None:
+                loaded.append(entry)
+        if loaded:
+            self._ready.put(loaded)
+        return True
+
+    def _stop_loaders(self, loaders: list[threading.Thread], wait: bool) -> None:
+        """End the load threads; items not yet loaded are dropped (the run is over)."""
+        self._loads_closed = True
+        self._work.clear()
+        self._work.wake()
+        if wait:
+            for loader in loaders:
+                loader.join()
+
+    def _load(self, work: _Work) -> _Work | _Failure | None:
+        """The loaded item, or its failure; None when the run stops instead."""
         delay = 0.2
         deadline: float | None = None
         while True:
             try:
                 work.input, work.meta = self.reader.read(work.item)
-                self._input_ok.set()
-                self._ready.put(work)
-                return
+                if not self._input_ok.is_set():
+                    self._input_ok.set()
+                return work
             except StageError as exc:
                 if isinstance(exc.cause, ConfigurationError):
                     self._fail_run(f"input misconfigured: {exc.cause}", abort=True,
                                    exit_code=EXIT_USAGE)  # fmt: skip
-                    return
+                    return None
                 if not isinstance(exc.cause, ServiceUnavailable):
-                    self._ready.put(
-                        self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
-                    )
-                    return
+                    return self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
                 # The input store is down, not this record: failing it would burn its
                 # receive count. Pause intake and retry; past the budget, stop unsettled.
                 now = time.monotonic()
@@ -474,20 +677,19 @@ class Pipeline:
                         "(it will be redelivered)",
                         abort=True,
                     )
-                    return
+                    return None
                 if self._input_ok.is_set():
                     log.warning("input unavailable (%s); pausing intake and retrying", exc.cause)
                 self._input_ok.clear()
                 if self._abort.wait(min(delay, max(0.0, deadline - now))):
-                    return
+                    return None
                 # Short cap: the store coming back should be noticed within seconds.
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
-                self._ready.put(self._outcome(work.ticket, work.item, "load", exc, work))
-                return
+                return self._outcome(work.ticket, work.item, "load", exc, work)
             except BaseException as exc:  # fatal: stops the run
                 self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")
-                return
+                return None
 
     # -- main thread: the predictor --------------------------------------------------------
 
@@ -506,40 +708,46 @@ class Pipeline:
                 self._run_batch(batch)
 
     def _next_batch(self) -> list[_Work] | None:
-        """Up to ``batch_size`` loaded items; ``[]`` on a timeout; None when all is done."""
-        batch: list[_Work] = []
-        deadline: float | None = None
-        while len(batch) < self.settings.batch_size:
-            timeout = 0.2 if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                entry = self._ready.get(timeout=timeout)
-            except queue.Empty:
-                if batch:
-                    return batch
-                if self._finished():
-                    return None
-                if deadline is None:
-                    return batch
-                continue
-            if entry is None:  # producer finished; drain what is left
-                if batch:
-                    # Keep the marker for the next call, which would otherwise poll idly.
-                    self._ready.put(None)
-                    return batch
-                if self._finished():
-                    return None
-                continue
-            if isinstance(entry, _Failure):
-                self._handed_over([entry])
-                continue
-            batch.append(entry)
-            if deadline is None:
-                deadline = time.monotonic() + self.settings.max_batch_wait
+        """Up to ``batch_size`` loaded items; ``[]`` on a timeout; None when all is done.
+
+        Waits up to 0.2 s for a first item (then the caller beats and checks for a stop),
+        then up to ``max_batch_wait`` for the batch to fill, sleeping until it can fill
+        rather than waking for each item.
+        """
+        size = self.settings.batch_size
+        if self._finished():
+            return None
+        # No lost wake-up: the producer's end is a sticky wake(), and every item in flight
+        # still comes through the hand-off.
+        batch = self._take_loaded(size, 1, 0.2)
+        if not batch:
+            return None if self._finished() else []
+        deadline = time.monotonic() + self.settings.max_batch_wait
+        while len(batch) < size and not self._abort.is_set():
+            wanted = size - len(batch)
+            if self._producer_done.is_set():
+                # No new input: wait only for what is still loaded or loading.
+                wanted = min(wanted, self._in_flight - len(batch))
+                if wanted <= 0:
+                    break
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            batch += self._take_loaded(size - len(batch), wanted, timeout)
         return batch
+
+    def _take_loaded(self, most: int, least: int, timeout: float) -> list[_Work]:
+        """Loaded items from the load threads; their failures go straight to the writer."""
+        works: list[_Work] = []
+        failures: list[_Result | _Failure] = []
+        for entry in self._ready.take(most, least, timeout):
+            (failures if isinstance(entry, _Failure) else works).append(entry)
+        self._handed_over(failures)
+        return works
 
     def _finished(self) -> bool:
         with self._lock:
-            return self._producer_done.is_set() and self._in_flight == 0 and self._ready.empty()
+            return self._producer_done.is_set() and self._in_flight == 0 and not self._ready
 
     def _handed_over(self, entries: list[_Result | _Failure]) -> None:
         """Items leave the predictor stage: free their prefetch slots, pass them on.
