@@ -172,6 +172,10 @@ class Writer:
                 raise _sink_failure(exc, self.dest) from exc
 
 
+class _NeedScan(Exception):
+    """The REQUESTS items do not carry the RESULTS sort key: read by scan instead."""
+
+
 class Exporter:
     def __init__(self, settings: ExportSettings, ddb: Any, layout: Any):
         self.settings = settings
@@ -189,7 +193,9 @@ class Exporter:
 
     # -- keys: BatchGetItem ----------------------------------------------------------------
 
-    def by_keys(self, writer: Writer, report: ExportReport) -> None:
+    def by_keys(self, writer: Writer, report: ExportReport, *, auto: bool = False) -> None:
+        """With ``auto``, raise :class:`_NeedScan` (before anything is written) when the
+        first page of completed requests lacks the sort key."""
         from igata_dynamodb.layout import RESULTS_COUNT_ATTRIBUTE, RESULTS_HASH_KEY
         from igata_dynamodb.records import results_hashkey
 
@@ -198,7 +204,9 @@ class Exporter:
         with ThreadPoolExecutor(self.settings.workers) as pool:
             futures = []
             keys: list[dict[str, Any]] = []
-            for page in self.completed(attributes):
+            for number, page in enumerate(self.completed(attributes)):
+                if auto and number == 0 and any(layout.sort_key not in i for i in page):
+                    raise _NeedScan
                 for item in page:
                     report.completed += 1
                     count = int(item.get(RESULTS_COUNT_ATTRIBUTE, 0) or 0)
@@ -340,19 +348,15 @@ def export(settings: ExportSettings, say: Callable[[str], None] | None = None) -
     check_table(ddb, layout, "REQUESTS")
     check_table(ddb, layout, "RESULTS")
     exporter = Exporter(settings, ddb, layout)
-    read = settings.read
-    if read == "auto":
-        read = "keys"
-        for page in exporter.completed([layout.request_key, layout.sort_key]):
-            if page and any(layout.sort_key not in item for item in page[:20]):
-                read = "scan"
-            break
-    report = ExportReport(read=read)
     started = time.monotonic()
     writer = Writer(_sink_for(settings.dest, settings.format, settings.fields), settings.dest)
-    if read == "keys":
-        exporter.by_keys(writer, report)
-    else:
+    report = ExportReport(read="scan" if settings.read == "scan" else "keys")
+    if report.read == "keys":
+        try:
+            exporter.by_keys(writer, report, auto=settings.read == "auto")
+        except _NeedScan:
+            report = ExportReport(read="scan")
+    if report.read == "scan":
         exporter.by_scan(writer, report)
     writer.close()
     report.rejected += writer.rejected

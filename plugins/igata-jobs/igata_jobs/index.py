@@ -75,8 +75,14 @@ def query_pages(
         request["ExclusiveStartKey"] = start
 
 
-def plain(item: dict[str, Any]) -> dict[str, Any]:
-    from boto3.dynamodb.types import TypeDeserializer
+_deserializer: Any = None
 
-    deserializer = TypeDeserializer()
-    return {key: deserializer.deserialize(value) for key, value in item.items()}
+
+def plain(item: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item as Python values (numbers as Decimal)."""
+    global _deserializer
+    if _deserializer is None:
+        from boto3.dynamodb.types import TypeDeserializer
+
+        _deserializer = TypeDeserializer()
+    return {key: _deserializer.deserialize(value) for key, value in item.items()}

@@ -14,7 +14,9 @@ import logging
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,9 @@ log = logging.getLogger("igata.jobs")
 QUEUED = "queued"
 SUBMITTED_AT_ATTRIBUTE = "submitted_at_timestamp"
 _ENTRY_ATTEMPTS = 5
+#: SendMessageBatch calls (with their BatchWriteItem calls) in flight at once.
+SEND_THREADS = 4
+MAX_INFLIGHT = 8
 
 
 @dataclass
@@ -128,8 +133,6 @@ class Sender:
     def send(self, messages: Sequence[Message]) -> int:
         """Send one batch; returns the number of requests refused (their items say error)."""
         requests = [r for m in messages for r in m.requests]
-        if self.pace is not None:
-            self.pace(len(requests))
         if self.ddb is not None:
             self._write_items(requests, QUEUED)
         refused = self._send_batch(messages)
@@ -362,61 +365,87 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
     pending_invalid = 0
     last_position: Any = None
 
+    # Batches are sent by a few threads at once; the cursor advances in submission order,
+    # only past batches that were sent and all batches before them.
+    pool = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="igata-submit")
+    inflight: deque[tuple[Future[int], int, Any, int, int, int]] = deque()
+
+    def settle(keep: int) -> None:
+        while inflight and (len(inflight) > keep or inflight[0][0].done()):
+            future, index, position, requests, messages, invalid = inflight.popleft()
+            report.refused += future.result()
+            report.requests += requests
+            report.messages += messages
+            report.invalid += invalid
+            if cursor is not None and position is not None:
+                state.positions[index] = position
+                state.source_index = index
+                state.requests += requests
+                state.messages += messages
+                state.invalid += invalid
+                cursor.save()
+            progress.update(report.requests, report.messages)
+
     def flush(index: int, position: Any = None) -> None:
         """Send the pending batch, then record ``position`` (default: its last request's)."""
         nonlocal pending, pending_invalid
         batch_requests = sum(len(m.requests) for m in pending)
-        if sender is not None and pending:
-            refused = sender.send(pending)
-            report.refused += refused
-        report.requests += batch_requests
-        report.messages += len(pending)
-        report.invalid += pending_invalid
         if report.sample is None and pending:
             report.sample = pending[0].body
         if position is None and pending:
             position = pending[-1].position
-        if cursor is not None and position is not None:
-            state.positions[index] = position
-            state.source_index = index
-            state.requests += batch_requests
-            state.messages += len(pending)
-            state.invalid += pending_invalid
-            cursor.save()
+        future: Future[int] = Future()
+        if sender is not None and pending:
+            if sender.pace is not None:
+                sender.pace(batch_requests)
+            future = pool.submit(sender.send, pending)
+        else:
+            future.set_result(0)
+        inflight.append((future, index, position, batch_requests, len(pending), pending_invalid))
         pending = []
         pending_invalid = 0
-        progress.update(report.requests, report.messages)
+        settle(MAX_INFLIGHT)
 
-    batch_bytes = 0
-    for index in range(state.source_index, len(readers)):
-        reader = readers[index]
-        after = state.positions[index] if index < len(state.positions) else None
-        last_position = after
-        entries = reader.entries(after)
-        while True:
-            try:
-                target: Target | None = next(entries, None)
-            except click.ClickException:
-                raise
-            except Exception as exc:
-                raise s3_failure(exc, f"reading {reader.source}") from exc
-            if target is None:
-                break
-            if target.error:
-                pending_invalid += 1
-                if len(report.problems) < 10:
-                    report.problems.append(target.error)
+    try:
+        batch_bytes = 0
+        for index in range(state.source_index, len(readers)):
+            reader = readers[index]
+            after = state.positions[index] if index < len(state.positions) else None
+            last_position = after
+            entries = reader.entries(after)
+            while True:
+                try:
+                    target: Target | None = next(entries, None)
+                except click.ClickException:
+                    raise
+                except Exception as exc:
+                    raise s3_failure(exc, f"reading {reader.source}") from exc
+                if target is None:
+                    break
+                if target.error:
+                    pending_invalid += 1
+                    if len(report.problems) < 10:
+                        report.problems.append(target.error)
+                    last_position = target.position
+                    continue
+                request = build_request(
+                    collection_id,
+                    target.bucket,
+                    target.key,
+                    target.version_id,
+                    target.image_id,
+                    id_field=settings.request_key,
+                )
+                for message in packer.add(request, target.position):
+                    if pending and (
+                        len(pending) >= BATCH_ENTRIES or batch_bytes + message.size > max_bytes
+                    ):
+                        flush(index)
+                        batch_bytes = 0
+                    pending.append(message)
+                    batch_bytes += message.size
                 last_position = target.position
-                continue
-            request = build_request(
-                collection_id,
-                target.bucket,
-                target.key,
-                target.version_id,
-                target.image_id,
-                id_field=settings.request_key,
-            )
-            for message in packer.add(request, target.position):
+            for message in packer.finish():
                 if pending and (
                     len(pending) >= BATCH_ENTRIES or batch_bytes + message.size > max_bytes
                 ):
@@ -424,20 +453,14 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
                     batch_bytes = 0
                 pending.append(message)
                 batch_bytes += message.size
-            last_position = target.position
-        for message in packer.finish():
-            if pending and (
-                len(pending) >= BATCH_ENTRIES or batch_bytes + message.size > max_bytes
-            ):
-                flush(index)
-                batch_bytes = 0
-            pending.append(message)
-            batch_bytes += message.size
-        flush(index, last_position)
-        batch_bytes = 0
-        if cursor is not None and index + 1 < len(readers):
-            state.source_index = index + 1
-            cursor.save()
+            flush(index, last_position)
+            settle(0)
+            batch_bytes = 0
+            if cursor is not None and index + 1 < len(readers):
+                state.source_index = index + 1
+                cursor.save()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     if cursor is not None:
         state.done = True
         cursor.save(durable=True)

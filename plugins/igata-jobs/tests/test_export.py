@@ -116,3 +116,18 @@ def test_results_sortkey_names_the_range_key(job, tmp_path):
         export, "x1", "--to", str(tmp_path / "o.jsonl"), "--results-sortkey", "image_key", *tables()
     )
     assert result.exit_code == 2 and "image_key" in result.output
+
+
+def test_auto_reads_by_scan_when_requests_lack_the_sort_key(job, tmp_path):
+    for item in job.items(REQUESTS):
+        job.ddb.update_item(
+            TableName=REQUESTS,
+            Key={"request_id": {"S": item["request_id"]}},
+            UpdateExpression="REMOVE s3_uri",
+        )
+    out = tmp_path / "o.jsonl"
+    result = invoke(export, "x1", "--to", str(out), *tables())
+    assert result.exit_code == 0, result.output
+    assert "(scan," in result.output and len(out.read_text().splitlines()) == 6
+    keys = invoke(export, "x1", "--to", str(out), "--read", "keys", *tables())
+    assert keys.exit_code == 2 and "use --read scan" in keys.output

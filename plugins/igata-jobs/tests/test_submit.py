@@ -277,8 +277,10 @@ def test_interrupted_submit_resumes_where_it_stopped(world, monkeypatch):
     assert "resumed after 40 sent earlier" in again.output
     assert "sent 20 requests" in again.output
     requests = world.requests_in(url)
-    assert len(requests) == 60
+    # Batches sent after the one that failed, while it was in flight, are sent again: the
+    # same requests (same ids) at most twice, none missing.
     assert len({r["request_id"] for r in requests}) == 60
+    assert 60 <= len(requests) <= 60 + 8 * 20
     assert len({r["collection_id"] for r in requests}) == 1
     assert len(world.items()) == 60
 
