@@ -85,6 +85,73 @@ def engine_overhead(ctx: BenchContext) -> list[Measurement]:
     ]
 
 
+@benchmark("core", "small records: files -> batched model -> jsonl against a sequential loop")
+def small_records(ctx: BenchContext) -> list[Measurement]:
+    """The engine's cost per record where it is largest next to the work: tiny images."""
+    import json
+
+    from igata_core.plugins import build_registry
+    from igata_core.testing import run_pipeline
+
+    n, batch_size = 2000, 32
+    directory = ctx.tmp_path / "images"
+    paths = write_png_dir(directory, n)
+    output = ctx.tmp_path / "out.jsonl"
+    registry = build_registry()
+
+    def igata() -> float:
+        started = time.perf_counter()
+        result = run_pipeline(
+            "files", "jsonl", BatchedMlpPredictor, inputs=[str(directory)],
+            sink_options={"path": str(output)}, registry=registry, batch_size=batch_size,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+        if result.exit_code != 0 or result.summary["written"] != n:
+            raise RuntimeError(f"benchmark run went wrong: {result.summary}")
+        return n / elapsed
+
+    def loop() -> float:
+        # The same work one step after another: list, read, decode, predict by batches,
+        # one JSON line per record with the same fields, fsync and rename at the end.
+        started = time.perf_counter()
+        model = BatchedMlpPredictor()
+        model.setup()
+        names = sorted(str(p) for p in directory.iterdir() if p.suffix == ".png")
+        partial = output.with_suffix(".part")
+        with open(partial, "w", encoding="utf-8") as out:
+            for i in range(0, len(names), batch_size):
+                chunk = names[i : i + batch_size]
+                datas = [Path(name).read_bytes() for name in chunk]
+                arrays = [decode_rgb(data) for data in datas]
+                predictions = model.predict_batch(arrays, [{}] * len(chunk))
+                for name, data, prediction in zip(chunk, datas, predictions, strict=True):
+                    record = {**prediction, "path": name, "size": len(data),
+                              "igata_id": Path(name).as_uri(), "igata_input": name}  # fmt: skip
+                    out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, output)
+        if sum(1 for _ in output.open()) != n:
+            raise RuntimeError("the loop wrote the wrong number of lines")
+        return n / (time.perf_counter() - started)
+
+    with _one_blas_thread() as blas:
+        samples = ctx.repeat_interleaved(
+            {"igata": igata, "plain sequential loop: same reads, decodes, batches, lines": loop},
+            warmup=1,
+        )
+    return [
+        Measurement(
+            title=f"small records: {n:,} 32x32 PNGs, batched MLP ({batch_size}), jsonl sink",
+            unit="records/s",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            target=">= 0.8x the sequential loop (issue 14)",
+            extra={"BLAS threads": blas, "images": len(paths)},
+        )
+    ]
+
+
 @benchmark("core", "batching: predict_batch against per-record predict, both through igata")
 def batching(ctx: BenchContext) -> list[Measurement]:
     from igata_core.plugins import build_registry
