@@ -20,9 +20,14 @@ ROOT = Path(__file__).parent
 PYTHON = "3.11"
 #: Plugin directories in dependency order (igata-sqs needs igata-s3), and the example
 #: third-party plugin, which is tested like ours.
-PLUGINS = ["plugins/igata-s3", "plugins/igata-sqs", "plugins/igata-dynamodb"]
+PLUGINS = [
+    "plugins/igata-s3", "plugins/igata-sqs", "plugins/igata-dynamodb", "plugins/igata-jobs",
+]  # fmt: skip
 EXAMPLE_PLUGINS = ["examples/plugins/igata-http"]
-PLUGIN_DEPENDENCIES = {"plugins/igata-sqs": ["plugins/igata-s3"]}
+PLUGIN_DEPENDENCIES = {
+    "plugins/igata-sqs": ["plugins/igata-s3"],
+    "plugins/igata-jobs": ["plugins/igata-s3", "plugins/igata-sqs", "plugins/igata-dynamodb"],
+}
 
 
 def _install_everything(session: nox.Session, *extra: str) -> None:
@@ -92,6 +97,14 @@ def demo(session: nox.Session) -> None:
     session.run("python", "-m", "examples.demo", *session.posargs)
 
 
+@nox.session(python=PYTHON, name="demo-job")
+def demo_job(session: nox.Session) -> None:
+    """A batch job on a local AWS: 2,000 images, igata submit, 4 worker processes,
+    igata status --watch until done, igata export, the counts checked."""
+    _install_everything(session)
+    session.run("python", "-m", "examples.demo_job", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Benchmarks: ratios against baselines run side by side (see docs/benchmarks.md)."""
@@ -115,8 +128,8 @@ def aws_conformance(session: nox.Session) -> None:
     emulators = ["python", "-m", "igata_core.testing.emulators"]
     session.run(*emulators, "install")
     paths = session.posargs or [
-        "plugins/igata-sqs/tests", "plugins/igata-dynamodb/tests", "tests/conformance",
-        "tests/corpus", "tests/test_testing_emulators.py",
+        "plugins/igata-sqs/tests", "plugins/igata-dynamodb/tests", "plugins/igata-jobs/tests",
+        "tests/conformance", "tests/corpus", "tests/test_testing_emulators.py",
     ]  # fmt: skip
     # One test process: the tests share each emulator and empty it between tests.
     session.run(*emulators, "--", "pytest", "-p", "no:cacheprovider", *paths)

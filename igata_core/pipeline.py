@@ -456,7 +456,9 @@ class Pipeline:
             producer.join(timeout=0 if self._abort.is_set() else None)
             if self._errors_file is not None:
                 self._errors_file.close()
-            if self.summary.exit_code == EXIT_FATAL:
+            # A fatal or a configuration error: every worker stops the same way, so what
+            # this one held goes back at once rather than after its lease lapses.
+            if self.summary.exit_code in (EXIT_FATAL, EXIT_USAGE):
                 self._release_held()
             self._close()
         self.summary.seconds = time.monotonic() - started

@@ -653,10 +653,10 @@ class ExternalS3Aws(LocalAws):
         self.moto.reset()
         reset_s3(self.s3.url, self.s3.credentials)
 
-    def client(self, service: str, **kwargs: object) -> object:
-        if service == "s3":
+    def client(self, service: str, *, on_moto: bool = False, **kwargs: object) -> object:
+        if service == "s3" and not on_moto:
             return _s3_client(self.s3.url, self.s3.credentials, self.s3.region, **kwargs)
-        return self.moto.client(service, **kwargs)
+        return self.moto.client(service, on_moto=on_moto, **kwargs)
 
     def stop(self) -> None:
         self.moto.stop()

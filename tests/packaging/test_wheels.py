@@ -21,6 +21,7 @@ DISTRIBUTIONS = {
     "igata-s3": REPO / "plugins" / "igata-s3",
     "igata-sqs": REPO / "plugins" / "igata-sqs",
     "igata-dynamodb": REPO / "plugins" / "igata-dynamodb",
+    "igata-jobs": REPO / "plugins" / "igata-jobs",
 }
 
 pytestmark = pytest.mark.timeout(600)
@@ -97,10 +98,10 @@ def test_readme_links_work_on_the_package_index(wheels: dict[str, Path]) -> None
         assert not relative, f"{name}: relative links in its README: {relative}"
 
 
-def test_igata_plugins_lists_all_three_plugins(venv: Path, tmp_path: Path) -> None:
+def test_igata_plugins_lists_every_plugin(venv: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IGATA_", "PYTHON"))}
     done = _run([str(venv / "bin" / "igata"), "plugins"], cwd=tmp_path, env=env, timeout=60)
-    for plugin in ("igata-s3", "igata-sqs", "igata-dynamodb"):
+    for plugin in ("igata-s3", "igata-sqs", "igata-dynamodb", "igata-jobs"):
         assert plugin in done.stdout, done.stdout
     assert "BROKEN" not in done.stdout
 
