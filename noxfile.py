@@ -40,10 +40,11 @@ def _install_everything(session: nox.Session, *extra: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The whole test suite: core, plugins, end to end (moto server on loopback)."""
-    # The scaffold tests lint the plugins they generate with ruff.
+    # The scaffold tests lint the plugins they generate with ruff; tests/packaging builds
+    # the wheels with build.
     _install_everything(
         session, "hypothesis", "scikit-learn", "psutil", "pytest-xdist", "pytest-rerunfailures",
-        "ruff",
+        "ruff", "build",
     )  # fmt: skip
     paths = ["tests"] + [f"{path}/tests" for path in PLUGINS + EXAMPLE_PLUGINS]
     # In CI, a test that fails once is run once more and reported as "rerun" in the summary:
