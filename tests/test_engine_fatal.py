@@ -1,5 +1,6 @@
-"""Fatal errors in user code and components stop the run (exit 4) and never hang it; a sink's
-refusal of one record at flush time is that record's error alone."""
+"""Fatal errors in user code and components stop the run (exit 4) and never hang it; a
+configuration error stops it with exit 2; both hand the envelopes still held back to the
+source. A sink's refusal of one record at flush time is that record's error alone."""
 
 from __future__ import annotations
 
@@ -238,3 +239,164 @@ def test_flush_rejection_indexes_count_across_chunks(chunk_size: int) -> None:
     assert sorted(o.identity for o in result.outcomes) == ["id-3", "id-5"]
     assert sorted(source.nacked) == ["env-3", "env-5"]
     assert sorted(sink.ids()) == ["id-0", "id-1", "id-2", "id-4"]
+
+
+# -- configuration refused: exit 2, held envelopes released --------------------------------------
+
+
+class CallRecordingSource(ReleasingSource):
+    """A :class:`ReleasingSource` that also keeps every ack/nack/release call, in order, as
+    ``(method, refs)``: what was handed back, and that nothing else was settled."""
+
+    def __init__(self, envelopes: Sequence[Envelope], **kwargs: Any):
+        super().__init__(envelopes, **kwargs)
+        self.calls: list[tuple[str, list[str]]] = []
+
+    def ack(self, envelopes: Sequence[Envelope]) -> None:
+        self.calls.append(("ack", [envelope.ref for envelope in envelopes]))
+        super().ack(envelopes)
+
+    def nack(self, envelopes: Sequence[Envelope]) -> None:
+        self.calls.append(("nack", [envelope.ref for envelope in envelopes]))
+        super().nack(envelopes)
+
+    def release(self, envelopes: Sequence[Envelope]) -> None:
+        self.calls.append(("release", [envelope.ref for envelope in envelopes]))
+        super().release(envelopes)
+
+
+class MisconfiguredMidRunSink(RecordingSink):
+    """Writes normally, then refuses with a ``ConfigurationError`` from ``method``
+    (``"flush"`` or ``"put_records"``) from its ``fail_from``-th call on (a table whose key
+    schema was changed under a running worker, a queue deleted)."""
+
+    def __init__(self, method: str, fail_from: int = 2, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.method = method
+        self.fail_from = fail_from
+        self.calls = {"flush": 0, "put_records": 0}
+
+    def _maybe_refuse(self, method: str) -> None:
+        self.calls[method] += 1
+        if method == self.method and self.calls[method] >= self.fail_from:
+            from igata_core import ConfigurationError
+
+            raise ConfigurationError("table 'results' is keyed by 'id', not 'igata_id'")
+
+    def put_records(self, records: Sequence[dict[str, Any]]) -> list[Rejection]:
+        self._maybe_refuse("put_records")
+        return super().put_records(records)
+
+    def flush(self) -> None:
+        self._maybe_refuse("flush")
+        super().flush()
+
+
+def assert_released_the_rest(source: CallRecordingSource, sink: RecordingSink) -> None:
+    """Nothing nacked; only what the sink made durable acked; every other envelope taken
+    handed back in one ``release`` call, after the last ack."""
+    assert source.nacked == [], "a configuration error is no record's failure"
+    assert {ref.replace("env", "id") for ref in source.acked} == set(sink.ids())
+    releases = [refs for method, refs in source.calls if method == "release"]
+    assert len(releases) == 1, source.calls
+    assert source.calls[-1][0] == "release", "released last, once nothing else settles"
+    assert not set(source.released) & set(source.acked)
+    assert set(source.yielded) == set(source.acked) | set(source.released)
+
+
+@pytest.mark.parametrize("method", ["flush", "put_records"])
+def test_a_sink_configuration_error_mid_run_releases_what_was_held_and_exits_2(
+    method: str,
+) -> None:
+    from igata_core.pipeline import EXIT_USAGE
+
+    source = CallRecordingSource(data_envelopes(["a", "b", "c", "d", "e", "f"]))
+    sink = MisconfiguredMidRunSink(method)
+    settings = dict(batch_size=1, concurrency=1, chunk_size=1, flush_interval=0.05)
+    result, seconds = timed(
+        lambda: run(source, sink, EchoPredictor, sink_retry_budget=30, **settings)
+    )
+    assert seconds < 10, "a configuration error is not retried for the budget"
+    assert result.exit_code == EXIT_USAGE == 2
+    reason = result.summary["reason"]
+    assert "sink 'recording' is misconfigured: table 'results' is keyed by 'id'" in reason
+    assert sink.calls[method] == 2, "not retried"
+    assert source.acked, "what the first write made durable stays acked"
+    assert source.released, "the envelope whose write was refused is handed back"
+    assert_released_the_rest(source, sink)
+
+
+def test_a_sink_configuration_error_on_the_first_write_releases_everything_taken() -> None:
+    source = CallRecordingSource(data_envelopes(["a", "b", "c"]))
+    sink = MisconfiguredMidRunSink("flush", fail_from=1)
+    result = run(source, sink, EchoPredictor, flush_interval=0.05, sink_retry_budget=30)
+    assert result.exit_code == 2
+    assert source.acked == [] and source.nacked == []
+    assert sorted(source.released) == ["env-0", "env-1", "env-2"]
+    assert_released_the_rest(source, sink)
+
+
+class MisconfiguredLoader(Loader):
+    name = "misconfigured"
+    schemes = ("misconfigured",)
+
+    def load(self, uri: str) -> Loaded:
+        from igata_core import ConfigurationError
+
+        raise ConfigurationError("bucket policy refuses this worker's role")
+
+
+@hookimpl(specname="register_loaders")
+def register_misconfigured_loader(register: Any) -> None:
+    register(MisconfiguredLoader)
+
+
+def test_a_loader_configuration_error_releases_what_was_held_and_exits_2() -> None:
+    from igata_core import Item
+
+    envelopes = [
+        Envelope(ref=f"e{i}", items=[Item(identity=f"x{i}", uri=f"misconfigured://x{i}")])
+        for i in range(3)
+    ]
+    source = CallRecordingSource(envelopes)
+    plugin = types.SimpleNamespace(register_loaders=register_misconfigured_loader)
+    registry = core_registry([("misconfigured-loader", plugin)])
+    result, seconds = timed(
+        lambda: run_pipeline(
+            source,
+            RecordingSink(),
+            EchoPredictor,
+            registry=registry,
+            environ={},
+            load_retry_budget=30,
+        )
+    )
+    assert seconds < 10
+    assert result.exit_code == 2
+    assert "input misconfigured: bucket policy refuses" in result.summary["reason"]
+    assert result.summary["failed"] == 0, "a configuration error is not one record's failure"
+    assert source.acked == [] and source.nacked == []
+    assert "e0" in source.released
+    assert [method for method, _ in source.calls] == ["release"]
+    assert set(source.yielded) == set(source.released)
+
+
+def test_a_source_configuration_error_settles_what_it_gave_and_releases_nothing_settled() -> None:
+    from igata_core import ConfigurationError
+
+    class MisconfiguredSource(CallRecordingSource):
+        def envelopes(self) -> Any:
+            for count, envelope in enumerate(super().envelopes()):
+                yield envelope
+                if count == 2:
+                    raise ConfigurationError("queue is FIFO but message_group_field is not set")
+
+    source = MisconfiguredSource(data_envelopes(["a", "b", "c", "d"]))
+    sink = RecordingSink()
+    result = run(source, sink, EchoPredictor, flush_interval=0.05)
+    assert result.exit_code == 2
+    assert "source 'list-source' is misconfigured: queue is FIFO" in result.summary["reason"]
+    # The source stopped, not the sink: what it gave is finished, written and acked.
+    assert sorted(source.acked) == ["env-0", "env-1", "env-2"]
+    assert source.nacked == [] and source.released == []
+    assert all(refs for _, refs in source.calls), "no empty ack/nack/release calls"
