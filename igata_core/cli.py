@@ -114,7 +114,8 @@ def _run_option(name: str, help_text: str, type_: Any) -> Any:
               help="A TOML config file ([run], [source], [sink], [loaders.NAME], "
               "[decoders.NAME]); env IGATA_CONFIG; default: igata.toml in the working "
               "directory, if there is one.")  # fmt: skip
-@click.option("--app-dir", default=".", show_default=True, envvar="IGATA_APP_DIR",
+@click.option("--app-dir", default=None, show_default="the working directory",
+              envvar="IGATA_APP_DIR",
               help="Directory put first on the import path, so that --predictor / "
               "PREDICTOR_MODULE find a module there (e.g. mymodel.py); '' to import only "
               "installed modules (env IGATA_APP_DIR).")  # fmt: skip
@@ -271,9 +272,12 @@ _WHAT_TO_DO = {
 }
 
 
-def _add_app_dir(app_dir: str) -> None:
+def _add_app_dir(app_dir: str | None) -> None:
     """Put ``app_dir`` first on the import path, as uvicorn and gunicorn do (``python -m``
     does it for the working directory; an installed ``igata`` script does not)."""
+    if app_dir is None:
+        # Click reads an empty IGATA_APP_DIR as unset; here '' turns it off, as --app-dir ''.
+        app_dir = os.environ.get("IGATA_APP_DIR", ".")
     if not app_dir:
         return
     path = os.path.abspath(app_dir)

@@ -79,6 +79,43 @@ def test_another_app_dir(project: Path, tmp_path_factory: pytest.TempPathFactory
     assert (elsewhere / "out.jsonl").exists()
 
 
+def test_app_dir_from_the_environment(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    done = igata_script(
+        "run", "--predictor", "mymodel:Predictor", "--sink", "jsonl",
+        "--sink-opt", "path=out.jsonl", str(project / "images"),
+        cwd=elsewhere, IGATA_APP_DIR=str(project),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len((elsewhere / "out.jsonl").read_text().splitlines()) == 3
+
+
+def test_an_empty_app_dir_from_the_environment_imports_only_installed_modules(
+    project: Path,
+) -> None:
+    done = igata_script(
+        "run", "--predictor", "mymodel:Predictor", "--sink", "jsonl",
+        "--sink-opt", "path=out.jsonl", "images", cwd=project, IGATA_APP_DIR="",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "predictor module 'mymodel' not found" in done.stderr
+    assert not (project / "out.jsonl").exists()
+
+
+def test_the_app_dir_option_wins_over_the_environment(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    done = igata_script(
+        "run", "--app-dir", str(project), "--predictor", "mymodel:Predictor", "--sink", "jsonl",
+        "--sink-opt", "path=out.jsonl", str(project / "images"),
+        cwd=elsewhere, IGATA_APP_DIR=str(elsewhere),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def test_igata_toml_in_the_working_directory_is_read(project: Path) -> None:
     (project / "igata.toml").write_text(
         '[run]\npredictor = "mymodel:Predictor"\n[sink]\npath = "from-config.jsonl"\n'
