@@ -21,6 +21,8 @@ class StageError(Exception):
 
 
 def scheme_of(uri: str) -> str:
+    if ":" not in uri:
+        return "file"  # no scheme without a colon: a plain path (the common case, cheaply)
     scheme = urlsplit(uri).scheme.lower()
     # "C:\\x" parses as scheme "c"; a one-letter scheme is a drive, not a URI.
     return "file" if len(scheme) <= 1 else scheme
@@ -71,6 +73,9 @@ class ComponentPool:
         cls = self._classes.get(key)
         if cls is None:
             return None
+        instance = self._instances.get(cls)  # created once; the lock only guards creation
+        if instance is not None:
+            return instance
         with self._lock:
             instance = self._instances.get(cls)
             if instance is None:

@@ -288,8 +288,10 @@ class _LoadGate:
                 self.limit = before
                 self._down = not self._down
                 self._pause = self.PAUSE
-            return
-        if self._pause:
+                return
+            # Kept: the next step the same way starts now, measured against this window,
+            # so the gate settles in half the windows.
+        elif self._pause:
             self._pause -= 1
             return
         new = max(1, self.limit // 2) if self._down else min(self.most, self.limit * 2)

@@ -307,10 +307,10 @@ def test_max_object_bytes(tmp_path):
 def test_a_large_file_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
     path = touch(tmp_path / "big.bin", b"x" * 100_000)
     asked: list[int] = []
-    real_open = Path.open
+    real_open = open
 
-    def spying_open(self, *args, **kwargs):
-        handle = real_open(self, *args, **kwargs)
+    def spying_open(file, *args, **kwargs):
+        handle = real_open(file, *args, **kwargs)
         real_read = handle.read
 
         def read(size=-1):
@@ -320,7 +320,8 @@ def test_a_large_file_is_refused_without_reading_it_whole(tmp_path, monkeypatch)
         handle.read = read
         return handle
 
-    monkeypatch.setattr(Path, "open", spying_open)
+    # The loader's own module-level name ``open`` shadows the builtin for it alone.
+    monkeypatch.setattr("igata_core.builtins.files.open", spying_open, raising=False)
     with pytest.raises(RecordError, match="larger than max_object_bytes"):
         FileLoader({"max_object_bytes": 1000}).load(str(path))
     assert asked and all(0 < size <= 1001 for size in asked)
@@ -365,10 +366,10 @@ def test_clear_errors(tmp_path, make, message):
 def test_permission_denied_is_a_clear_error(tmp_path, monkeypatch):
     path = touch(tmp_path / "secret.png")
 
-    def refuse(self, *args, **kwargs):
-        raise PermissionError(13, "Permission denied", str(self))
+    def refuse(file, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr(Path, "open", refuse)
+    monkeypatch.setattr("igata_core.builtins.files.open", refuse, raising=False)
     with pytest.raises(RecordError, match=r"secret\.png: permission denied"):
         FileLoader().load(str(path))
 
@@ -453,3 +454,16 @@ def test_a_directory_with_good_and_bad_inputs(tmp_path):
         assert text in outcome.message and name in outcome.message, outcome.message
     assert result.summary["succeeded"] == len(good)
     assert result.summary["failed"] == len(expected)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a.png", "a b.png", "100%.png", "é.png", "日本.png", "x#y?.png", "semi;colon.png",
+     "tilde~.png", os.fsdecode(b"raw-\xff.png")],
+)  # fmt: skip
+def test_file_uri_is_exactly_path_as_uri(tmp_path, name):
+    # The files source's identities must not change with how they are computed.
+    from igata_core.builtins.files import file_uri
+
+    absolute = os.path.abspath(os.path.join(tmp_path, "sub dir", name))
+    assert file_uri(absolute) == Path(absolute).as_uri()

@@ -8,6 +8,7 @@ while streaming when the length is not announced or is wrong).
 
 from __future__ import annotations
 
+import functools
 import time
 import urllib.request
 from typing import Any, ClassVar
@@ -69,7 +70,12 @@ class HttpLoader(Loader):
             self.opts["allowed_hosts"],
             how="--loader-opt http.allowed_hosts={host} or IGATA_HTTP_ALLOWED_HOSTS={host}",
         )
-        self._opener = opener(self.opts["read_timeout"], self.allow)
+
+    @functools.cached_property
+    def _opener(self) -> urllib.request.OpenerDirector:
+        # Built on first use: its TLS context loads the system's CA certificates (~40 ms),
+        # which every `igata run` would pay at start-up even with no http input.
+        return opener(self.opts["read_timeout"], self.allow)
 
     def load(self, uri: str) -> Loaded:
         try:
