@@ -18,8 +18,9 @@ Fixtures:
   (modes ``pass``, ``refuse``, ``reset``, ``delay``, ``blackhole``), see
   :mod:`igata_core.testing.proxy`.
 
-Helpers: :func:`run_pipeline` runs a pipeline in-process; contract test classes live in
-:mod:`igata_core.testing.contracts`; fault injection in :mod:`igata_core.testing.faults`.
+Helpers: :func:`run_pipeline` runs a pipeline in-process; :class:`Queues` creates SQS queues
+(with dead-letter queues), sends to them, counts and drains them; contract test classes live
+in :mod:`igata_core.testing.contracts`; fault injection in :mod:`igata_core.testing.faults`.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from igata_core.testing.aws import (
     strict_endpoints_from_env,
 )
 from igata_core.testing.proxy import fault_proxy
+from igata_core.testing.queues import Queues
 from igata_core.testing.rgw import ExternalS3Aws, external_s3_from_env
 from igata_core.testing.run import RunResult, run_pipeline
 
-__all__ = ["LocalAws", "RunResult", "fault_proxy", "run_pipeline"]
+__all__ = ["LocalAws", "Queues", "RunResult", "fault_proxy", "run_pipeline"]
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from igata_core.testing.queues import Queues
+
 HERE = Path(__file__).parent
 IGATA = str(Path(sys.executable).parent / "igata")
 BUCKET = "conformance-images"
@@ -53,36 +55,27 @@ class World:
     dynamodb: Any
     queue_url: str = ""
     dead_letter_url: str = ""
+    #: Create, count and drain queues (``queues.create(name)`` for an output queue).
+    queues: Queues = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.queues = Queues(self.sqs)
 
     def image(self, key: str, size: tuple[int, int] = (8, 6)) -> str:
         self.s3.put_object(Bucket=BUCKET, Key=key, Body=jpeg(*size))
         return f"s3://{BUCKET}/{key}"
 
-    def queue(self, name: str, *, visibility: int = 2) -> str:
-        return self.sqs.create_queue(
-            QueueName=name, Attributes={"VisibilityTimeout": str(visibility)}
-        )["QueueUrl"]
-
     def input_queue(self, *, visibility: int = 2, max_receive: int = 2) -> str:
-        self.dead_letter_url = self.queue("conformance-dlq")
-        arn = self.sqs.get_queue_attributes(
-            QueueUrl=self.dead_letter_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
-        self.queue_url = self.sqs.create_queue(
-            QueueName="conformance-requests",
-            Attributes={
-                "VisibilityTimeout": str(visibility),
-                "RedrivePolicy": json.dumps(
-                    {"deadLetterTargetArn": arn, "maxReceiveCount": str(max_receive)}
-                ),
-            },
-        )["QueueUrl"]
+        """The input queue, with a dead-letter queue after ``max_receive`` receives."""
+        self.queue_url = self.queues.create(
+            "conformance-requests", visibility=visibility, max_receive=max_receive
+        )
+        self.dead_letter_url = self.queues.dead_letter[self.queue_url]
         return self.queue_url
 
     def send(self, requests: list[dict[str, Any]]) -> str:
         """One message holding ``requests`` (JSON: non-ASCII characters escaped)."""
-        body = json.dumps(requests)
-        return self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)["MessageId"]
+        return self.queues.send(self.queue_url, requests)
 
     def tables(self, *, requests_key: str = "request_id") -> None:
         """The REQUESTS and RESULTS tables, REQUESTS keyed by ``requests_key``."""
@@ -144,37 +137,6 @@ class World:
         seconds = time.monotonic() - started
         lines = errors.read_text("utf-8").splitlines() if errors.exists() else []
         return Worker(done.returncode, seconds, done.stderr, [json.loads(x) for x in lines])
-
-    def counts(self, url: str) -> tuple[int, int]:
-        """(visible, in flight) messages of a queue."""
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
-
-    def drain(self, url: str) -> list[dict[str, Any]]:
-        """Receive and delete every visible message of a queue."""
-        messages: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(
-                QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
-            ).get("Messages", [])
-            if not batch:
-                return messages
-            messages += batch
-            self.sqs.delete_message_batch(
-                QueueUrl=url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
-                ],
-            )
 
     def scan(self, table: str) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

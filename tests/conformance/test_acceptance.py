@@ -36,20 +36,20 @@ def test_ids_sqs_cannot_carry_are_delivered_in_the_body(world: World) -> None:
     """An id that SQS refuses as a message attribute must not fail its request, let alone
     stop the worker: it travels in the body (JSON-escaped), every request once."""
     world.input_queue()
-    out = world.queue("conformance-results")
+    out = world.queues.create("conformance-results")
     sent = {"ok": "plain-id", **HOSTILE_IDS}
     for key, request_id in sent.items():
         world.send([request(world, request_id, key)])
     worker = world.run("--sink-opt", f"queue_url={out}")
     assert worker.code == 0, worker.log[-3000:]
     assert worker.errors == []
-    bodies = [json.loads(message["Body"]) for message in world.drain(out)]
+    bodies = [json.loads(message["Body"]) for message in world.queues.drain(out)]
     by_image = {body["image_id"]: body for body in bodies}
     assert sorted(by_image) == sorted(f"image:{key}" for key in sent)
     assert len(bodies) == len(sent), "each request delivered once"
     for key, request_id in sent.items():
         assert by_image[f"image:{key}"]["request_id"] == request_id
-    assert world.counts(world.dead_letter_url) == (0, 0)
+    assert world.queues.counts(world.dead_letter_url) == (0, 0)
 
 
 def test_a_request_the_store_refuses_fails_alone_and_is_dead_lettered(world: World) -> None:
@@ -68,9 +68,9 @@ def test_a_request_the_store_refuses_fails_alone_and_is_dead_lettered(world: Wor
     assert {error["stage"] for error in worker.errors} == {"sink"}
     assert all(error["identity"] == HOSTILE_IDS["surrogate"] for error in worker.errors)
     assert worker.errors[-1]["final"] is True
-    dead = world.drain(world.dead_letter_url)
+    dead = world.queues.drain(world.dead_letter_url)
     assert [message["MessageId"] for message in dead] == [poison_message]
-    assert world.counts(world.queue_url) == (0, 0)
+    assert world.queues.counts(world.queue_url) == (0, 0)
     requests = {item["request_id"]["S"]: item for item in world.scan(REQUESTS_TABLE)}
     assert sorted(requests) == sorted(item["request_id"] for item in good)
     assert {item["state"]["S"] for item in requests.values()} == {"completed"}
@@ -94,7 +94,7 @@ def _missing_output_queue(world: World) -> tuple[list[str], str]:
 
 
 def _missing_input_queue(world: World) -> tuple[list[str], str]:
-    out = world.queue("conformance-results")
+    out = world.queues.create("conformance-results")
     missing = world.queue_url.replace("conformance-requests", "no-such-input-queue")
     return [
         "--sink", "sqs", "--sink-opt", f"queue_url={out}", "--source-opt", f"queue_url={missing}",
@@ -117,9 +117,9 @@ def test_a_refused_configuration_exits_2_at_once_and_keeps_the_message(
     assert worker.code == 2, worker.log[-3000:]
     assert worker.seconds < 20, f"exit 2 took {worker.seconds:.1f} s: refusals are not outages"
     assert resource in worker.log, "the message names the resource"
-    visible, in_flight = world.counts(world.queue_url)
+    visible, in_flight = world.queues.counts(world.queue_url)
     assert visible + in_flight == 1, "the input message is still in its queue"
-    assert world.counts(world.dead_letter_url) == (0, 0)
+    assert world.queues.counts(world.dead_letter_url) == (0, 0)
 
 
 def test_sys_exit_in_the_predictor_stops_the_worker_and_hands_back_its_messages(
@@ -129,7 +129,7 @@ def test_sys_exit_in_the_predictor_stops_the_worker_and_hands_back_its_messages(
     what it wrote is settled, and every unwritten message is back in the queue at once
     (not after the 30 s visibility timeout)."""
     world.input_queue(visibility=30, max_receive=5)
-    out = world.queue("conformance-results")
+    out = world.queues.create("conformance-results")
     total = 12
     for i in range(total):
         world.send([request(world, f"req-{i}", f"img-{i}")])
@@ -143,14 +143,14 @@ def test_sys_exit_in_the_predictor_stops_the_worker_and_hands_back_its_messages(
     assert worker.code == 4
     assert worker.seconds < 30
     assert "fatal error in predictor ExitMidRun: SystemExit: the model gave up" in worker.log
-    written = [json.loads(m["Body"])["request_id"] for m in world.drain(out)]
+    written = [json.loads(m["Body"])["request_id"] for m in world.queues.drain(out)]
     assert len(written) <= 3 and len(set(written)) == len(written)
     # The unwritten messages are handed back: visible again well before their 30 s lapse.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        visible, in_flight = world.counts(world.queue_url)
+        visible, in_flight = world.queues.counts(world.queue_url)
         if visible == total - len(written):
             break
         time.sleep(0.2)
     assert (visible, in_flight) == (total - len(written), 0)
-    assert world.counts(world.dead_letter_url) == (0, 0)
+    assert world.queues.counts(world.dead_letter_url) == (0, 0)

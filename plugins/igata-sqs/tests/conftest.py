@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import io
-import json
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from igata_core.testing.queues import Queues
 
 pytest_plugins = ["igata_core.testing"]
 
@@ -32,91 +32,6 @@ def make_jpeg(width: int = 8, height: int = 6) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "JPEG")
     return buffer.getvalue()
-
-
-class Queues:
-    """Creates queues (with dead-letter queues), sends requests, reads results."""
-
-    def __init__(self, sqs: Any):
-        self.sqs = sqs
-        self.dead_letter: dict[str, str] = {}
-
-    def create(
-        self,
-        name: str = "requests",
-        *,
-        visibility: int = 2,
-        max_receive: int | None = None,
-        fifo: bool = False,
-    ) -> str:
-        attributes = {"VisibilityTimeout": str(visibility)}
-        if fifo:
-            name += ".fifo"
-            attributes["FifoQueue"] = "true"
-        if max_receive is not None:
-            dlq_name = name.replace(".fifo", "") + "-dlq" + (".fifo" if fifo else "")
-            dlq = self.sqs.create_queue(
-                QueueName=dlq_name, Attributes={"FifoQueue": "true"} if fifo else {}
-            )["QueueUrl"]
-            arn = self.sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])[
-                "Attributes"
-            ]["QueueArn"]
-            attributes["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": arn, "maxReceiveCount": max_receive}
-            )
-        url = self.sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-        if max_receive is not None:
-            self.dead_letter[url] = dlq
-        return url
-
-    def send(self, url: str, body: Any, **kwargs: Any) -> str:
-        text = body if isinstance(body, str) else json.dumps(body)
-        return self.sqs.send_message(QueueUrl=url, MessageBody=text, **kwargs)["MessageId"]
-
-    def drain(self, url: str) -> list[dict[str, Any]]:
-        """Receive and delete every visible message; returns the messages."""
-        messages: list[dict[str, Any]] = []
-        while True:
-            batch = self.sqs.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
-                MessageAttributeNames=["All"],
-                MessageSystemAttributeNames=["All"],
-            ).get("Messages", [])
-            if not batch:
-                return messages
-            messages += batch
-            self.sqs.delete_message_batch(
-                QueueUrl=url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
-                ],
-            )
-
-    def results(self, url: str) -> list[dict[str, Any]]:
-        return [json.loads(m["Body"]) for m in self.drain(url)]
-
-    def counts(self, url: str) -> tuple[int, int]:
-        """(visible, in flight)."""
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
-
-    def wait_for(self, url: str, visible: int, timeout: float = 5.0) -> tuple[int, int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            counts = self.counts(url)
-            if counts[0] >= visible or time.monotonic() > deadline:
-                return counts
-            time.sleep(0.1)
 
 
 @pytest.fixture
