@@ -51,6 +51,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
     Option("prefetch", "int", 0,
            help="Records loaded ahead of the predictor (0: twice max(concurrency, batch size)).",
            env=("IGATA_PREFETCH",), minimum=0),
+    Option("decode_processes", "int", 0,
+           help="Load and decode inputs in this many worker processes, arrays handed back "
+           "through shared memory (0: in the load threads). For many cores and a fast "
+           "model, where the load threads are bound by the interpreter lock.",
+           env=("IGATA_DECODE_PROCESSES",), minimum=0),
     Option("decoder", help="Decode every input with this decoder instead of by extension.",
            env=("IGATA_DECODER",)),
     Option("errors", help="Write one JSON line per failed record to this file.",
@@ -208,6 +213,7 @@ def assemble(registry: Registry, request: RunRequest) -> Assembly:
         predict_timeout=values["predict_timeout"],
         prefetch=values["prefetch"],
         errors_path=values["errors"],
+        decode_processes=values["decode_processes"],
     )
     reader = InputReader(loaders, decoders, extensions, default_decoder=decoder)
     return Assembly(source, sink, predictor, reader, settings, context)
@@ -277,7 +283,7 @@ def _pool(
 
     One that lacks a required option is not an error until an input needs it.
     """
-    instances: dict[type, Any] = {}
+    instances = ComponentFactory()
     unavailable: dict[str, str] = dict(registry.clashes[kind])
     names = set(registry.names(kind))
     for name in [*cli, *config]:
@@ -302,11 +308,38 @@ def _pool(
         if found:
             continue
         try:
-            instances[cls] = cls(resolved.values, context)
+            instances.add(cls, resolved.values, context)
         except Exception as exc:
             problems.append(f"{kind} {cls.name!r}: {exc}")
     classes = {key: reg.obj for key, reg in table.items() if reg.obj in instances}
-    return ComponentPool(classes, instances.__getitem__, clashes=unavailable)
+    return ComponentPool(classes, instances, clashes=unavailable)
+
+
+class ComponentFactory:
+    """Loaders or decoders built from their resolved options.
+
+    Each is built once at assembly, so that a bad option is reported before any I/O. The
+    factory pickles as the classes and their options only: a decode process
+    (``--decode-processes``) builds its own instances from them.
+    """
+
+    def __init__(self) -> None:
+        self._recipes: dict[type, tuple[Any, RunContext]] = {}
+        self._built: dict[type, Any] = {}
+
+    def add(self, cls: type, values: Any, context: RunContext) -> None:
+        self._built[cls] = cls(values, context)
+        self._recipes[cls] = (values, context)
+
+    def __contains__(self, cls: object) -> bool:
+        return cls in self._recipes
+
+    def __call__(self, cls: type) -> Any:
+        built = self._built.pop(cls, None)
+        return built if built is not None else cls(*self._recipes[cls])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_recipes": self._recipes, "_built": {}}
 
 
 def _predictor(registry: Registry, given: Any, environ: Mapping[str, str]) -> PredictorBase:

@@ -128,6 +128,12 @@ def _run_option(name: str, help_text: str, type_: Any) -> Any:
 @_run_option("load_retry_budget", "Seconds to retry loads while the input store is down", float)
 @_run_option("predict_timeout", "Seconds one predict call may take", float)
 @_run_option("prefetch", "Records loaded ahead of the predictor", int)
+@_run_option(
+    "decode_processes",
+    "Worker processes that load and decode inputs, arrays "
+    "back through shared memory (0: in the load threads)",
+    int,
+)
 @_run_option("decoder", "Decode all inputs with this decoder", str)
 @_run_option("errors", "Write failed records as JSON lines to this file", str)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), envvar="IGATA_METRICS_PORT",

@@ -85,6 +85,17 @@ class ComponentPool:
     def keys(self) -> list[str]:
         return sorted(self._classes)
 
+    def classes(self) -> list[type]:
+        return list(dict.fromkeys(self._classes.values()))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # For decode processes: the classes and the factory travel, the instances (clients,
+        # connections) and the lock are made anew in the other process.
+        return {"classes": self._classes, "clashes": self._clashes, "factory": self._factory}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["classes"], state["factory"], clashes=state["clashes"])  # type: ignore[misc]
+
     def created(self) -> list[Any]:
         with self._lock:
             return list(self._instances.values())

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from igata_core.components import (
     RECORD_ID_KEY,
@@ -56,6 +56,9 @@ from igata_core.predictor import (
 )
 from igata_core.serialize import dumps
 
+if TYPE_CHECKING:
+    from igata_core.decode_processes import ProcessReader
+
 log = logging.getLogger("igata.pipeline")
 
 EXIT_OK = 0
@@ -79,6 +82,7 @@ class Settings:
     predict_timeout: float | None = None
     prefetch: int = 0  # 0: twice the larger of concurrency and batch size
     errors_path: str | None = None
+    decode_processes: int = 0  # 0: load and decode in the load threads
 
     def window(self) -> int:
         return self.prefetch or 2 * max(self.concurrency, self.batch_size)
@@ -352,6 +356,7 @@ class Pipeline:
         self._errors_file: IO[str] | None = None
         self._postprocess = postprocess_caller(predictor)
         self._batched = has_batch(predictor)
+        self._processes: ProcessReader | None = None  # with --decode-processes
 
     # -- control -----------------------------------------------------------------------
 
@@ -426,7 +431,7 @@ class Pipeline:
                 )
                 log.error("%s", self.summary.reason)
                 return self.summary
-        if not self._open_sink():
+        if not self._start_processes() or not self._open_sink():
             # Before any input was taken: nothing to settle, and no line that reads as if
             # the run went on.
             self._close()
@@ -472,6 +477,19 @@ class Pipeline:
             self.summary.reason = "interrupted before the input was exhausted"
         return self.summary
 
+    def _start_processes(self) -> bool:
+        """Start the decode processes (``--decode-processes``); False when they cannot be."""
+        if not self.settings.decode_processes:
+            return True
+        from igata_core.decode_processes import ProcessReader
+
+        try:
+            self._processes = ProcessReader(self.reader, self.settings.decode_processes)
+        except Exception as exc:
+            self._fail_run(f"--decode-processes: {exc}", abort=True, exit_code=EXIT_USAGE)
+            return False
+        return True
+
     def _open_sink(self) -> bool:
         """Open the sink before the source takes any input; False when it failed."""
         try:
@@ -509,6 +527,8 @@ class Pipeline:
             log.warning("released %d unsettled envelope(s) to the source", len(held))
 
     def _close(self) -> None:
+        if self._processes is not None:
+            self._processes.close(wait=not self._abort.is_set())
         try:
             self.reader.close()
         except Exception as exc:
@@ -634,10 +654,20 @@ class Pipeline:
     def _load_run(self, run: list[_Work]) -> bool:
         """Load ``run`` and hand the results over; False when the run was aborted."""
         loaded: list[_Work | _Failure] = []
-        for work in run:
+        firsts: list[Any] = [None] * len(run)
+        if self._processes is not None:
+            # The whole run in one round trip to a decode process.
+            try:
+                firsts = self._processes.read_many([work.item for work in run])
+            except Exception as exc:  # not the items' fault, but never lose them
+                firsts = [_raises(StageError("load", exc))] * len(run)
+            except BaseException as exc:  # fatal in a decode process (SystemExit...)
+                self._fatal(exc, f"decoding {_input_ref(run[0].ticket.envelope, run[0].item)}")
+                return False
+        for work, first in zip(run, firsts, strict=True):
             if self._abort.is_set():
                 return False
-            entry = self._load(work)
+            entry = self._load(work, first)
             if entry is not None:
                 loaded.append(entry)
         if loaded:
@@ -653,13 +683,24 @@ class Pipeline:
             for loader in loaders:
                 loader.join()
 
-    def _load(self, work: _Work) -> _Work | _Failure | None:
-        """The loaded item, or its failure; None when the run stops instead."""
+    def _load(
+        self, work: _Work, first: Callable[[], tuple[Any, dict[str, Any]]] | None = None
+    ) -> _Work | _Failure | None:
+        """The loaded item, or its failure; None when the run stops instead.
+
+        ``first``: the outcome of a read already done (in a decode process), used for the
+        first attempt; retries read again.
+        """
         delay = 0.2
         deadline: float | None = None
+        read = self._processes.read if self._processes is not None else self.reader.read
         while True:
             try:
-                work.input, work.meta = self.reader.read(work.item)
+                if first is not None:
+                    outcome, first = first, None
+                    work.input, work.meta = outcome()
+                else:
+                    work.input, work.meta = read(work.item)
                 if not self._input_ok.is_set():
                     self._input_ok.set()
                 return work
@@ -1115,6 +1156,13 @@ class Pipeline:
                 self._on_progress(self.summary)
             except Exception:
                 log.debug("progress callback failed", exc_info=True)
+
+
+def _raises(error: BaseException) -> Callable[[], Any]:
+    def read() -> Any:
+        raise error
+
+    return read
 
 
 def _input_ref(envelope: Envelope, item: Item | None) -> str:
