@@ -55,8 +55,12 @@ def _shared_directory() -> str:
 # -- in the worker process --------------------------------------------------------------------
 
 
-def _start_worker(blob: bytes) -> None:
+def _start_worker(blob: bytes, environ: dict[str, str]) -> None:
     global _reader
+    # The fork server's environment is the engine's at the time the server started: take
+    # the engine's as it is now (credentials, endpoints), as a load thread would see it.
+    os.environ.clear()
+    os.environ.update(environ)
     _reader = pickle.loads(blob)
 
 
@@ -184,7 +188,7 @@ class ProcessReader:
     def _new_executor(self, processes: int) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             processes, mp_context=self._context, initializer=_start_worker,
-            initargs=(self._blob,),
+            initargs=(self._blob, dict(os.environ)),
         )  # fmt: skip
 
     def _start(self) -> ProcessPoolExecutor:

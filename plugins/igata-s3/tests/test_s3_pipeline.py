@@ -51,8 +51,11 @@ def _jsonl_records(s3: Any, bucket: str) -> list[dict[str, Any]]:
     return records
 
 
+# With --decode-processes the S3 loader runs in worker processes: the same records, errors
+# and metadata (a datetime among it) come back.
+@pytest.mark.parametrize("decode_processes", [0, 2])
 def test_mixed_good_and_bad_objects(s3: Any, bucket: str, out_bucket: str,
-                                    make_image: Any) -> None:  # fmt: skip
+                                    make_image: Any, decode_processes: int) -> None:  # fmt: skip
     jpeg = make_image("JPEG", size=(64, 48))
     good = {
         "data/rgb.jpg": jpeg,
@@ -73,7 +76,8 @@ def test_mixed_good_and_bad_objects(s3: Any, bucket: str, out_bucket: str,
     inputs = [f"s3://{bucket}/data/", f"s3://{bucket}/missing.jpg"]
     result = run_pipeline("s3", "s3-jsonl", ShapePredictor, inputs=inputs,
                           sink_options={"bucket": out_bucket}, concurrency=8,
-                          chunk_size=4, flush_interval=0.1)  # fmt: skip
+                          chunk_size=4, flush_interval=0.1,
+                          decode_processes=decode_processes)  # fmt: skip
 
     assert result.exit_code == 1
     assert result.summary["succeeded"] == len(good)
