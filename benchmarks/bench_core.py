@@ -13,8 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import BenchContext, Measurement, benchmark
-from benchmarks.images import decode_rgb, write_png_dir
-from benchmarks.predictors import BatchedMlpPredictor, MlpPredictor, NoopPredictor
+from benchmarks.images import decode_rgb, read_decode, write_jpeg_dir, write_png_dir
+from benchmarks.predictors import (
+    BatchedMlpPredictor,
+    MeanColourPredictor,
+    MlpPredictor,
+    NoopPredictor,
+)
 from benchmarks.subprocesses import (
     HEAVY_MODULES,
     igata_command,
@@ -149,6 +154,92 @@ def small_records(ctx: BenchContext) -> list[Measurement]:
             target=">= 0.8x the sequential loop (issue 14)",
             extra={"BLAS threads": blas, "images": len(paths)},
         )
+    ]
+
+
+@benchmark("core", "decoding: 224 px JPEGs -> null sink against thread-pool and process-pool loops")
+def decoding(ctx: BenchContext) -> list[Measurement]:
+    """Where decoding is the work: igata's load threads, and its decode processes, against
+    the two usual hand-written loops (a thread pool; a torch-DataLoader-style process pool
+    with ``imap``), each feeding the same trivial batched model."""
+    import multiprocessing
+
+    from igata_core.plugins import build_registry
+    from igata_core.testing import run_pipeline
+
+    n, batch_size = (500 if ctx.quick else 2000), 32
+    processes = os.cpu_count() or 1
+    directory = ctx.tmp_path / "jpegs"
+    names = [str(p) for p in write_jpeg_dir(directory, n)]
+    registry = build_registry()
+    model = MeanColourPredictor()
+
+    def igata(**settings: Any) -> Callable[[], float]:
+        def run() -> float:
+            started = time.perf_counter()
+            result = run_pipeline(
+                "files", "null", MeanColourPredictor, inputs=[str(directory)],
+                registry=registry, batch_size=batch_size, **settings,
+            )  # fmt: skip
+            if result.exit_code != 0 or result.summary["succeeded"] != n:
+                raise RuntimeError(f"benchmark run went wrong: {result.summary}")
+            return n / (time.perf_counter() - started)
+
+        return run
+
+    def consume(arrays: Iterator[Any]) -> None:
+        batch: list[Any] = []
+        for array in arrays:
+            batch.append(array)
+            if len(batch) == batch_size:
+                model.predict_batch(batch, [{}] * len(batch))
+                batch = []
+        if batch:
+            model.predict_batch(batch, [{}] * len(batch))
+
+    def thread_pool() -> float:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(8) as executor:
+            consume(executor.map(read_decode, names))
+        return n / (time.perf_counter() - started)
+
+    def process_pool() -> float:
+        # As torch's DataLoader does it: forked workers, results pickled back in order.
+        started = time.perf_counter()
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            consume(pool.imap(read_decode, names, chunksize=16))
+        return n / (time.perf_counter() - started)
+
+    loops = {
+        "ThreadPoolExecutor(8) loop": thread_pool,
+        f"multiprocessing.Pool({processes}).imap loop": process_pool,
+    }
+    samples = ctx.repeat_interleaved(
+        {
+            "igata": igata(),
+            "igata --decode-processes": igata(decode_processes=processes),
+            **loops,
+        },
+        warmup=1,
+    )
+    threads, in_processes = samples.pop("igata"), samples.pop("igata --decode-processes")
+    return [
+        Measurement(
+            title=f"decoding: {n:,} 224 px JPEGs, load threads (the default), null sink",
+            unit="records/s",
+            igata=threads,
+            baselines=dict(samples),
+            target=">= 0.95x the better loop (issue 14)",
+            extra={"cores": processes},
+        ),
+        Measurement(
+            title=f"decoding: {n:,} 224 px JPEGs, --decode-processes {processes}, null sink",
+            unit="records/s",
+            igata=in_processes,
+            baselines=dict(samples),
+            target="the default is whichever of the two is faster here",
+            extra={"cores": processes},
+        ),
     ]
 
 

@@ -52,3 +52,21 @@ def decode_rgb(data: bytes) -> object:
 
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def write_jpeg_dir(directory: Path, n: int, size: int = 224) -> list[Path]:
+    """Write ``n`` JPEG files of ``size``×``size`` pixels; their paths in sorted order."""
+    directory.mkdir(parents=True, exist_ok=True)
+    images = jpeg_images(min(n, DISTINCT), size)
+    paths = []
+    for i in range(n):
+        path = directory / f"img-{i:06d}.jpg"
+        path.write_bytes(images[i % len(images)])
+        paths.append(path)
+    return paths
+
+
+def read_decode(path: str) -> object:
+    """Read and decode one file (a module-level function: process pools pickle it)."""
+    with open(path, "rb") as handle:
+        return decode_rgb(handle.read())

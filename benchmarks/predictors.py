@@ -53,3 +53,12 @@ class BatchedMlpPredictor(MlpPredictor):
         x = np.stack([np.asarray(r, dtype=np.float32).reshape(-1) for r in input_records])
         classes = self._logits(x / 255.0).argmax(axis=1)
         return [{"class": int(c)} for c in classes]
+
+
+class MeanColourPredictor(PredictorBase):
+    """A model that costs next to nothing per batch: the mean colour of each image.
+
+    For figures about everything but the model (decoding above all)."""
+
+    def predict_batch(self, input_records: list[Any], metas: list[dict[str, Any]]) -> list[Any]:
+        return [{"mean": float(r.mean())} for r in input_records]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import statistics
 import threading
 import time
 from collections import deque
@@ -240,6 +241,10 @@ class _LoadGate:
     WINDOW = 64
     #: Windows to wait after a trial that failed before trying again.
     PAUSE = 16
+    #: Loads that cost less processor time than this (seconds each, median of the first
+    #: window; thread time, which waiting for the lock or the network does not count)
+    #: gain nothing from other threads: the first trial goes straight to one thread.
+    FAST_LOAD = 300e-6
 
     def __init__(self, most: int) -> None:
         self.most = max(1, most)
@@ -251,6 +256,7 @@ class _LoadGate:
         self._trial: tuple[int, float] | None = None  # the limit before a trial, its rate
         self._down = True  # direction of the next trial
         self._pause = 0
+        self._first: list[float] | None = []  # seconds per load in the first window
 
     def enter(self, timeout: float) -> bool:
         """Take a place among the loading threads; False after ``timeout`` without one."""
@@ -271,9 +277,12 @@ class _LoadGate:
         """The limit went down: this thread should give its place up."""
         return self._active > self.limit
 
-    def loaded(self, count: int) -> None:
-        """``count`` records were loaded; at the end of a window, tune the limit."""
+    def loaded(self, count: int, seconds: float = 0.0) -> None:
+        """``count`` records were loaded in ``seconds`` of the thread's processor time; at
+        the end of a window, tune the limit."""
         with self._cond:
+            if self._first is not None and count:
+                self._first.append(seconds / count)
             self._count += count
             if self._count < self.WINDOW:
                 return
@@ -298,7 +307,13 @@ class _LoadGate:
         elif self._pause:
             self._pause -= 1
             return
-        new = max(1, self.limit // 2) if self._down else min(self.most, self.limit * 2)
+        first, self._first = self._first, None
+        if first and self._down and statistics.median(first) < self.FAST_LOAD:
+            new = 1  # small local files: one thread alone, at once
+        elif self._down:
+            new = max(1, self.limit // 2)
+        else:
+            new = min(self.most, self.limit * 2)
         if new == self.limit:  # at a bound: try the other way after a pause
             self._down = not self._down
             self._pause = self.PAUSE
@@ -645,9 +660,10 @@ class Pipeline:
                     run = self._work.take(most, timeout=0.5, share=gate.limit)
                     if not run:
                         break
+                    started = time.thread_time()
                     if not self._load_run(run):
                         return
-                    gate.loaded(len(run))
+                    gate.loaded(len(run), time.thread_time() - started)
             finally:
                 gate.leave()
 

@@ -307,21 +307,13 @@ def test_max_object_bytes(tmp_path):
 def test_a_large_file_is_refused_without_reading_it_whole(tmp_path, monkeypatch):
     path = touch(tmp_path / "big.bin", b"x" * 100_000)
     asked: list[int] = []
-    real_open = open
+    real_read = os.read
 
-    def spying_open(file, *args, **kwargs):
-        handle = real_open(file, *args, **kwargs)
-        real_read = handle.read
+    def spying_read(fd, size):
+        asked.append(size)
+        return real_read(fd, size)
 
-        def read(size=-1):
-            asked.append(size)
-            return real_read(size)
-
-        handle.read = read
-        return handle
-
-    # The loader's own module-level name ``open`` shadows the builtin for it alone.
-    monkeypatch.setattr("igata_core.builtins.files.open", spying_open, raising=False)
+    monkeypatch.setattr(os, "read", spying_read)
     with pytest.raises(RecordError, match="larger than max_object_bytes"):
         FileLoader({"max_object_bytes": 1000}).load(str(path))
     assert asked and all(0 < size <= 1001 for size in asked)
@@ -369,7 +361,7 @@ def test_permission_denied_is_a_clear_error(tmp_path, monkeypatch):
     def refuse(file, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr("igata_core.builtins.files.open", refuse, raising=False)
+    monkeypatch.setattr(os, "open", refuse)
     with pytest.raises(RecordError, match=r"secret\.png: permission denied"):
         FileLoader().load(str(path))
 

@@ -9,7 +9,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 from igata_core import hookimpl
@@ -240,8 +240,7 @@ class FileLoader(Loader):
         path = local_path(uri)
         limit = self.opts["max_object_bytes"]
         try:
-            with open(path, "rb") as handle:
-                data = _read_at_most(handle, limit + 1)
+            data = _read_at_most(path, limit + 1)
         except FileNotFoundError:
             raise RecordError(f"{path}: no such file") from None
         except IsADirectoryError:
@@ -262,23 +261,33 @@ class FileLoader(Loader):
         return Loaded(data, {"size": len(data)})
 
 
-def _read_at_most(handle: BinaryIO, count: int) -> bytes:
-    """Up to ``count`` bytes: one over the limit is enough to refuse a file."""
-    status = os.fstat(handle.fileno())
-    if stat.S_ISREG(status.st_mode) and status.st_size < count:
-        # read() sizes its buffer by the file's size; read(count) would allocate count
-        # bytes up front whatever the size of the file.
-        data = handle.read()
-        return data if len(data) <= count else data[:count]
-    chunks: list[bytes] = []
-    total = 0
-    while total < count:
-        chunk = handle.read(min(1 << 20, count - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
+def _read_at_most(path: str, count: int) -> bytes:
+    """Up to ``count`` bytes of the file: one over the limit is enough to refuse it.
+
+    Plain ``os`` calls: a small file is read with four system calls (open, fstat, read,
+    close) where ``open()`` makes ten, and each one hands the interpreter lock to another
+    thread that wants it.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        status = os.fstat(fd)
+        if stat.S_ISREG(status.st_mode) and status.st_size < count:
+            # Sized by the file: reading ``count`` would allocate count bytes up front.
+            data = os.read(fd, status.st_size + 1)
+            if len(data) >= status.st_size:
+                return data  # all of it (a file that grew by then shows one byte more)
+            chunks, total = [data], len(data)
+        else:
+            chunks, total = [], 0
+        while total < count:
+            chunk = os.read(fd, min(1 << 20, count - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 @hookimpl
