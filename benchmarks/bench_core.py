@@ -366,6 +366,61 @@ def memory(ctx: BenchContext) -> list[Measurement]:
     ]
 
 
+_PLAIN_FIRST_RECORD = """\
+import json, sys
+import numpy as np
+from PIL import Image
+sys.path.insert(0, {repo!r})
+from benchmarks.predictors import BatchedMlpPredictor
+model = BatchedMlpPredictor()
+model.setup()
+with open({image!r}, "rb") as handle, Image.open(handle) as img:
+    array = np.asarray(img.convert("RGB"), dtype=np.uint8)
+with open({out!r}, "w") as out:
+    out.write(json.dumps(model.predict_batch([array], [{{}}])[0]) + "\\n")
+"""
+
+
+@benchmark("core", "start-up: igata run to its first record against a plain script")
+def first_record(ctx: BenchContext) -> list[Measurement]:
+    """A whole process for one image: start, import, set the model up, read, predict,
+    write. The plain script imports the same libraries (numpy, Pillow), not igata's."""
+    directory = ctx.tmp_path / "one"
+    (image,) = write_png_dir(directory, 1)
+    script = ctx.tmp_path / "plain_first_record.py"
+    script.write_text(
+        _PLAIN_FIRST_RECORD.format(repo=str(REPO), image=str(image),
+                                   out=str(ctx.tmp_path / "plain.jsonl"))
+    )  # fmt: skip
+    command = [
+        *igata_command(), "run", "--source", "files", "--sink", "jsonl",
+        "--sink-opt", f"path={ctx.tmp_path / 'igata.jsonl'}",
+        "--predictor", "benchmarks.predictors:BatchedMlpPredictor", "--app-dir", str(REPO),
+        str(directory),
+    ]  # fmt: skip
+    plugins = sorted(ep.name for ep in metadata.entry_points(group="igata"))
+    samples = ctx.repeat_interleaved(
+        {
+            "igata": lambda: wall_time(command) * 1000,
+            "plain script: same libraries, same work": lambda: (
+                wall_time([sys.executable, str(script)]) * 1000
+            ),
+        },
+        warmup=1,
+    )
+    return [
+        Measurement(
+            title="start-up: igata run on one image, start to exit",
+            unit="ms",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            higher_is_better=False,
+            target="close to the plain script (issue 14)",
+            extra={"plugins installed": ", ".join(plugins) or "none"},
+        )
+    ]
+
+
 @benchmark("core", "start-up: igata --help against a bare interpreter")
 def startup(ctx: BenchContext) -> list[Measurement]:
     command = [*igata_command(), "--help"]

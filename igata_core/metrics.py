@@ -15,8 +15,10 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from http.server import BaseHTTPRequestHandler
 
 #: Histogram buckets for predict latency (seconds) and batch sizes.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -169,6 +171,10 @@ class MetricsServer:
     """A small HTTP server for ``/metrics``, ``/healthz`` and ``/readyz`` (own thread)."""
 
     def __init__(self, host: str, port: int, metrics: PrometheusMetrics, health: Health):
+        # Imported here: http.server (and the email package under it) would add ~8 ms to
+        # every run's start-up, and most runs serve no metrics.
+        from http.server import ThreadingHTTPServer
+
         handler = _handler(metrics, health)
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -187,6 +193,8 @@ class MetricsServer:
 
 
 def _handler(metrics: PrometheusMetrics, health: Health) -> type[BaseHTTPRequestHandler]:
+    from http.server import BaseHTTPRequestHandler
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
 from typing import Any
@@ -76,14 +76,49 @@ class Registration:
     aliases: tuple[str, ...] = ()
 
 
-@dataclass
 class PluginInfo:
-    name: str
-    distribution: str | None = None
-    version: str | None = None
-    hooks: list[str] = field(default_factory=list)
-    components: list[str] = field(default_factory=list)
-    error: str | None = None
+    """A plugin as loaded: its distribution, version, hooks, components, or its error.
+
+    The distribution's name and version are read from its metadata on first use (only
+    ``igata plugins`` shows them): parsing every plugin's metadata file would cost each
+    ``igata run`` tens of milliseconds at start-up.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        distribution: str | None = None,
+        version: str | None = None,
+        *,
+        metadata_of: Callable[[], tuple[str | None, str | None]] | None = None,
+    ) -> None:
+        self.name = name
+        self._distribution = distribution
+        self._version = version
+        self._metadata_of = metadata_of
+        self.hooks: list[str] = []
+        self.components: list[str] = []
+        self.error: str | None = None
+
+    def _load_metadata(self) -> None:
+        if self._metadata_of is not None:
+            distribution, version = self._metadata_of()
+            self._metadata_of = None
+            self._distribution = self._distribution or distribution
+            self._version = self._version or version
+
+    @property
+    def distribution(self) -> str | None:
+        self._load_metadata()
+        return self._distribution
+
+    @property
+    def version(self) -> str | None:
+        self._load_metadata()
+        return self._version
+
+    def __repr__(self) -> str:
+        return f"PluginInfo({self.name!r}, error={self.error!r})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -241,12 +276,13 @@ def build_registry(
     pm.add_hookspecs(hookspecs)
     registry = Registry()
 
-    core_version = _dist_version("igata-core")
-    registry.plugins[BUILTIN_PLUGIN] = PluginInfo(BUILTIN_PLUGIN, "igata-core", core_version)
+    registry.plugins[BUILTIN_PLUGIN] = PluginInfo(
+        BUILTIN_PLUGIN, "igata-core", metadata_of=lambda: (None, _dist_version("igata-core"))
+    )
     for module in _builtin_modules():
         pm.register(module, name=f"{BUILTIN_PLUGIN}:{module.__name__.rsplit('.', 1)[-1]}")
 
-    candidates: list[tuple[str, Callable[[], object], str | None, str | None]] = []
+    candidates: list[tuple[str, Callable[[], object], Any]] = []
     if entry_points:
         only = _env_list(environ.get("IGATA_LOAD_PLUGINS"))
         disabled = set(_env_list(environ.get("IGATA_DISABLED_PLUGINS")) or [])
@@ -256,15 +292,12 @@ def build_registry(
             if ep.name in disabled:
                 pm.set_blocked(ep.name)
                 continue
-            dist = getattr(ep, "dist", None)
-            candidates.append(
-                (ep.name, ep.load, dist.name if dist else None, dist.version if dist else None)
-            )
+            candidates.append((ep.name, ep.load, getattr(ep, "dist", None)))
     for name, obj in extra_plugins:
-        candidates.append((name, _constant(obj), None, None))
+        candidates.append((name, _constant(obj), None))
 
-    for name, load, dist_name, version in candidates:
-        info = PluginInfo(name, dist_name, version)
+    for name, load, dist in candidates:
+        info = PluginInfo(name, metadata_of=_metadata_reader(dist) if dist else None)
         registry.plugins[name] = info
         try:
             plugin = load()
@@ -306,6 +339,10 @@ def build_registry(
         if clashes:
             raise PluginError("; ".join(clashes))
     return registry
+
+
+def _metadata_reader(dist: Any) -> Callable[[], tuple[str | None, str | None]]:
+    return lambda: (dist.name, dist.version)
 
 
 def _constant(obj: object) -> Callable[[], object]:
