@@ -345,8 +345,12 @@ def export(settings: ExportSettings, say: Callable[[str], None] | None = None) -
         sort_key=settings.sort_key,
     )
     ddb = dynamodb_client(pool_size=max(10, settings.workers + settings.segments + 2))
-    check_table(ddb, layout, "REQUESTS")
-    check_table(ddb, layout, "RESULTS")
+    # Both tables described at once (one round trip instead of two); a REQUESTS problem
+    # is reported first.
+    with ThreadPoolExecutor(2) as pool:
+        checks = [pool.submit(check_table, ddb, layout, role) for role in ("REQUESTS", "RESULTS")]
+        for check in checks:
+            check.result()
     exporter = Exporter(settings, ddb, layout)
     started = time.monotonic()
     writer = Writer(_sink_for(settings.dest, settings.format, settings.fields), settings.dest)

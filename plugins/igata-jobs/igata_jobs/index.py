@@ -76,13 +76,27 @@ def query_pages(
 
 
 _deserializer: Any = None
+_number: Any = None
 
 
 def plain(item: dict[str, Any]) -> dict[str, Any]:
-    """A DynamoDB item as Python values (numbers as Decimal)."""
-    global _deserializer
+    """A DynamoDB item as Python values (numbers as Decimal, as boto3's TypeDeserializer
+    gives them). Strings and numbers, nearly every attribute, are converted inline; the
+    other types go through the TypeDeserializer (a method lookup per value)."""
+    global _deserializer, _number
     if _deserializer is None:
-        from boto3.dynamodb.types import TypeDeserializer
+        from boto3.dynamodb.types import DYNAMODB_CONTEXT, TypeDeserializer
 
+        _number = DYNAMODB_CONTEXT.create_decimal
         _deserializer = TypeDeserializer()
-    return {key: _deserializer.deserialize(value) for key, value in item.items()}
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        if len(value) == 1:
+            if "S" in value:
+                out[key] = value["S"]
+                continue
+            if "N" in value:
+                out[key] = _number(value["N"])
+                continue
+        out[key] = _deserializer.deserialize(value)
+    return out
