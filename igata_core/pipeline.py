@@ -246,13 +246,19 @@ class _LoadGate:
     #: gain nothing from other threads: the first trial goes straight to one thread.
     FAST_LOAD = 300e-6
 
-    def __init__(self, most: int) -> None:
+    def __init__(self, most: int, least: int = 1, judge_loads: bool = True) -> None:
+        """``least``: the fewest threads to keep loading (decode processes want one run in
+        flight each); ``judge_loads``: whether a load's thread time tells its cost (not
+        when the work happens in decode processes)."""
         self.most = max(1, most)
+        self.least = min(self.most, max(1, least))
         self.limit = self.most  # start as fast as possible for slow loads
+        self._judge_loads = judge_loads
         self._active = 0
         self._cond = threading.Condition(threading.Lock())
         self._count = 0
-        self._since = time.monotonic()
+        # The first window starts with the first load, not with the run's set-up.
+        self._since: float | None = None
         self._trial: tuple[int, float] | None = None  # the limit before a trial, its rate
         self._down = True  # direction of the next trial
         self._pause = 0
@@ -266,6 +272,8 @@ class _LoadGate:
             ):
                 return False
             self._active += 1
+            if self._since is None:
+                self._since = time.monotonic()
             return True
 
     def leave(self) -> None:
@@ -287,7 +295,7 @@ class _LoadGate:
             if self._count < self.WINDOW:
                 return
             now = time.monotonic()
-            rate = self._count / max(now - self._since, 1e-6)
+            rate = self._count / max(now - (self._since or now), 1e-6)
             self._count, self._since = 0, now
             self._tune(rate)
             self._cond.notify_all()
@@ -308,10 +316,10 @@ class _LoadGate:
             self._pause -= 1
             return
         first, self._first = self._first, None
-        if first and self._down and statistics.median(first) < self.FAST_LOAD:
-            new = 1  # small local files: one thread alone, at once
+        if first and self._judge_loads and self._down and statistics.median(first) < self.FAST_LOAD:
+            new = self.least  # small local files: one thread alone, at once
         elif self._down:
-            new = max(1, self.limit // 2)
+            new = max(self.least, self.limit // 2)
         else:
             new = min(self.most, self.limit * 2)
         if new == self.limit:  # at a bound: try the other way after a pause
@@ -362,7 +370,10 @@ class Pipeline:
         self._work = _Handoff()
         self._ready = _Handoff()
         self._loads_closed = False
-        self._gate = _LoadGate(self.settings.concurrency)
+        processes = self.settings.decode_processes
+        self._gate = _LoadGate(
+            self.settings.concurrency, least=processes or 1, judge_loads=not processes
+        )
         # Bounded, so a stuck sink holds the predictor, which holds the prefetch window.
         # Messages are batches (or single parse failures).
         self._out: queue.Queue[Any] = queue.Queue(maxsize=64)
