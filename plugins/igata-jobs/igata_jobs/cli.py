@@ -212,13 +212,25 @@ def submit(
         + (" (new)" if new and not report.resumed and not report.already_done else "")
     )
     if report.already_done:
+        refused = f", {report.earlier_refused} refused by SQS" if report.earlier_refused else ""
         click.echo(
-            f"submit: already submitted ({report.earlier_requests} requests); nothing "
-            "sent (--restart to submit again)"
+            f"submit: already submitted ({report.earlier_requests} requests{refused}); "
+            "nothing sent (--restart to submit again)"
         )
         return
     for problem in report.problems:
         click.echo(f"submit: skipped: {problem}", err=True)
+    for request, why in report.refusals:
+        click.echo(
+            f"submit: refused by SQS: {request['s3_uri']} (request {request['request_id']}): {why}",
+            err=True,
+        )
+    if report.refused > len(report.refusals):
+        click.echo(
+            f"submit: ... and {report.refused - len(report.refusals)} more requests refused"
+            + (" (REQUESTS items in state error)" if requests_table else ""),
+            err=True,
+        )
     what = "would send" if dry_run else "sent"
     rate_text = f", {report.requests / report.seconds:.0f} requests/s" if report.seconds > 0 else ""
     line = (
@@ -230,7 +242,8 @@ def submit(
     if report.invalid:
         line += f"; {report.invalid} invalid entries skipped"
     if report.refused:
-        line += f"; {report.refused} requests refused by SQS (recorded as errors)"
+        where = "recorded as errors in REQUESTS" if requests_table else "listed above"
+        line += f"; {report.refused} requests refused by SQS, not sent ({where})"
     click.echo(line)
     if dry_run and report.sample is not None:
         click.echo("sample message:")

@@ -36,6 +36,8 @@ class CursorState:
     requests: int = 0
     messages: int = 0
     invalid: int = 0
+    #: Requests SQS refused (not in ``requests``).
+    refused: int = 0
     done: bool = False
     started_at: float = field(default_factory=time.time)
     updated_at: float = 0.0

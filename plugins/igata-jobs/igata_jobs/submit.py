@@ -41,6 +41,8 @@ _ENTRY_ATTEMPTS = 5
 #: SendMessageBatch calls (with their BatchWriteItem calls) in flight at once.
 SEND_THREADS = 4
 MAX_INFLIGHT = 8
+#: Refused requests kept in the report to be listed one by one.
+MAX_LISTED = 100
 
 
 @dataclass
@@ -69,14 +71,19 @@ class SubmitReport:
     requests: int = 0
     messages: int = 0
     invalid: int = 0
+    #: Requests SQS refused for their content (their messages were not sent).
     refused: int = 0
     #: Requests sent by an earlier run of the same job (from the cursor).
     earlier_requests: int = 0
+    #: Requests refused in an earlier run of the same job (from the cursor).
+    earlier_refused: int = 0
     seconds: float = 0.0
     resumed: bool = False
     already_done: bool = False
     sample: str | None = None
     problems: list[str] = field(default_factory=list)
+    #: The refused requests (up to :data:`MAX_LISTED`): ``(request, why)``.
+    refusals: list[tuple[dict[str, Any], str]] = field(default_factory=list)
 
 
 class ProgressLine:
@@ -128,20 +135,20 @@ class Sender:
         self.ddb = ddb
         self.layout = layout
         self.pace = pace
-        self.refused: list[str] = []
 
-    def send(self, messages: Sequence[Message]) -> int:
-        """Send one batch; returns the number of requests refused (their items say error)."""
+    def send(self, messages: Sequence[Message]) -> list[tuple[Message, str]]:
+        """Send one batch; returns the messages SQS refused for their content, with SQS's
+        reason (with a REQUESTS table, their requests' items are then in state error
+        with that reason). Everything else was accepted, or this raises."""
         requests = [r for m in messages for r in m.requests]
         if self.ddb is not None:
             self._write_items(requests, QUEUED)
         refused = self._send_batch(messages)
         if refused and self.ddb is not None:
-            failed = [r for m, why in refused for r in m.requests]
-            self._write_items(
-                failed, "error", {m.requests[0]["request_id"]: why for m, why in refused}
-            )
-        return sum(len(m.requests) for m, _ in refused)
+            failed = [r for m, _ in refused for r in m.requests]
+            why = {r["request_id"]: reason for m, reason in refused for r in m.requests}
+            self._write_items(failed, "error", why)
+        return refused
 
     # -- DynamoDB --------------------------------------------------------------------------
 
@@ -208,8 +215,11 @@ class Sender:
         return entry
 
     def _send_batch(self, messages: Sequence[Message]) -> list[tuple[Message, str]]:
-        from igata_sqs import errors
+        """Send ``messages``; returns those refused for their content, with the reason.
 
+        Entries SQS failed on its side are sent again (a few times, with backoff); entries
+        it accepted are never sent again.
+        """
         url = self.settings.queue_url or ""
         todo = {str(n): m for n, m in enumerate(messages)}
         refused: list[tuple[Message, str]] = []
@@ -217,32 +227,63 @@ class Sender:
         for attempt in range(_ENTRY_ATTEMPTS):
             if attempt:
                 time.sleep(min(2.0, 0.1 * 2**attempt))
-            try:
-                response = self.sqs.send_message_batch(
-                    QueueUrl=url, Entries=[self._entry(int(k), m) for k, m in todo.items()]
-                )
-            except Exception as exc:
-                raise sqs_failure(exc, url=url, action="SendMessageBatch") from exc
-            for success in response.get("Successful", []):
-                todo.pop(success["Id"], None)
-            for failure in response.get("Failed", []):
-                key = failure.get("Id", "")
-                if key not in todo:
-                    continue
-                kind = errors.classify_entry(failure)
-                problem = errors.entry_text(failure)
-                if kind == errors.CONFIGURATION:
-                    from igata_sqs.queue import refused as queue_refused
-
-                    raise JobError(str(queue_refused(url, "SendMessageBatch", failure)))
-                if kind in (errors.CONTENT, errors.REQUEST):
-                    refused.append((todo.pop(key), problem))
+            todo, problem = self._send_entries(todo, refused, problem)
             if not todo:
                 return refused
         raise JobUnavailable(
             f"sqs: {len(todo)} message(s) to {url} were not accepted after "
             f"{_ENTRY_ATTEMPTS} attempts ({problem}); run the same command again to resume"
         )
+
+    def _send_entries(
+        self, todo: dict[str, Message], refused: list[tuple[Message, str]], problem: str
+    ) -> tuple[dict[str, Message], str]:
+        """One ``SendMessageBatch`` of ``todo``; returns the entries to send again (failed
+        on SQS's side) and the last problem. Refused entries are appended to ``refused``.
+
+        SQS refuses one entry's content either in ``Failed`` (AWS, LocalStack) or by
+        refusing the whole call (moto, for a message over the queue's
+        MaximumMessageSize): a call refused that way is split in halves until the refused
+        entry is alone, so the others are still sent, once.
+        """
+        from igata_sqs import errors
+        from igata_sqs.clients import describe
+
+        url = self.settings.queue_url or ""
+        try:
+            response = self.sqs.send_message_batch(
+                QueueUrl=url, Entries=[self._entry(int(k), m) for k, m in todo.items()]
+            )
+        except Exception as exc:
+            kind = errors.classify(exc)
+            if kind != errors.CONTENT and not errors.has_code(exc, errors.SPLIT_CODES):
+                raise sqs_failure(exc, url=url, action="SendMessageBatch") from exc
+            keys = list(todo)
+            if len(keys) == 1:
+                refused.append((todo[keys[0]], describe(exc)))
+                return {}, problem
+            half = len(keys) // 2
+            again: dict[str, Message] = {}
+            for part in (keys[:half], keys[half:]):
+                left, problem = self._send_entries({k: todo[k] for k in part}, refused, problem)
+                again.update(left)
+            return again, problem
+        todo = dict(todo)
+        for success in response.get("Successful", []):
+            todo.pop(str(success.get("Id")), None)
+        for failure in response.get("Failed", []):
+            key = str(failure.get("Id", ""))
+            if key not in todo:
+                continue
+            kind = errors.classify_entry(failure)
+            problem = errors.entry_text(failure)
+            if kind == errors.CONFIGURATION:
+                from igata_sqs.queue import refused as queue_refused
+
+                raise JobError(str(queue_refused(url, "SendMessageBatch", failure)))
+            if kind in (errors.CONTENT, errors.REQUEST):
+                refused.append((todo.pop(key), problem))
+        return todo, problem
 
 
 def _pace(rate: float, stop: Callable[[], bool] = lambda: False) -> Callable[[int], None]:
@@ -322,6 +363,7 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
     if state is not None and state.done:
         report.already_done = True
         report.earlier_requests = state.requests
+        report.earlier_refused = state.refused
         return report
     if state is None:
         state = CursorState(
@@ -330,6 +372,7 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
     else:
         report.resumed = True
         report.earlier_requests = state.requests
+        report.earlier_refused = state.refused
     if cursor is not None:
         cursor.state = state
 
@@ -368,12 +411,20 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
     # Batches are sent by a few threads at once; the cursor advances in submission order,
     # only past batches that were sent and all batches before them.
     pool = ThreadPoolExecutor(SEND_THREADS, thread_name_prefix="igata-submit")
-    inflight: deque[tuple[Future[int], int, Any, int, int, int]] = deque()
+    inflight: deque[tuple[Future[list[tuple[Message, str]]], int, Any, int, int, int]] = deque()
 
     def settle(keep: int) -> None:
         while inflight and (len(inflight) > keep or inflight[0][0].done()):
             future, index, position, requests, messages, invalid = inflight.popleft()
-            report.refused += future.result()
+            refused = future.result()
+            refused_requests = sum(len(m.requests) for m, _ in refused)
+            for message, why in refused:
+                for request in message.requests:
+                    if len(report.refusals) < MAX_LISTED:
+                        report.refusals.append((request, why))
+            requests -= refused_requests
+            messages -= len(refused)
+            report.refused += refused_requests
             report.requests += requests
             report.messages += messages
             report.invalid += invalid
@@ -383,6 +434,7 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
                 state.requests += requests
                 state.messages += messages
                 state.invalid += invalid
+                state.refused += refused_requests
                 cursor.save()
             progress.update(report.requests, report.messages)
 
@@ -394,13 +446,13 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
             report.sample = pending[0].body
         if position is None and pending:
             position = pending[-1].position
-        future: Future[int] = Future()
+        future: Future[list[tuple[Message, str]]] = Future()
         if sender is not None and pending:
             if sender.pace is not None:
                 sender.pace(batch_requests)
             future = pool.submit(sender.send, pending)
         else:
-            future.set_result(0)
+            future.set_result([])
         inflight.append((future, index, position, batch_requests, len(pending), pending_invalid))
         pending = []
         pending_invalid = 0

@@ -410,3 +410,147 @@ def test_configuration_errors_exit_2_before_sending(world, what):
     }[what]
     assert expected in result.output
     assert world.drain(url) == []
+
+
+# -- entries SQS refuses ---------------------------------------------------------------------
+
+
+def _error_items(world):
+    return {i["request_id"]: i for i in world.items() if i["state"] == "error"}
+
+
+def test_a_message_sqs_refuses_is_listed_recorded_and_the_rest_sent_once(world):
+    """A request too large for the queue's MaximumMessageSize (1024 bytes, the least SQS
+    allows; a long key is enough): SQS refuses that message. LocalStack (as AWS) says so in
+    the batch's ``Failed``; moto refuses the whole SendMessageBatch call, which submit splits
+    until the refused message is alone. Either way the others are sent once, the refused
+    request is listed with SQS's reason, its REQUESTS item is in state error with that
+    reason, and the exit status is 1. Submitting again sends nothing."""
+    keys = world.objects(6)
+    long_key = "photos/long-" + "x" * 700 + ".jpg"
+    world.s3.put_object(Bucket=BUCKET, Key=long_key, Body=b"x")
+    world.tables()
+    url = world.queue(MaximumMessageSize="1024")
+    args = [f"s3://{BUCKET}/photos/", "--queue", url, "--requests-table", REQUESTS]
+    args += ["--per-message", "2", "--collection-id", "big"]
+    result = invoke(submit, *args)
+    assert result.exit_code == 1, result.output
+    refused_id = request_id("big", BUCKET, long_key, None)
+    line = next(x for x in result.output.splitlines() if x.startswith("submit: refused by SQS"))
+    assert f"s3://{BUCKET}/{long_key} (request {refused_id})" in line
+    assert "shorter than 1024 bytes" in line, line
+    assert "sent 6 requests in 3 messages" in result.output
+    assert "1 requests refused by SQS, not sent (recorded as errors in REQUESTS)" in result.output
+    requests = world.requests_in(url)
+    assert sorted(r["s3_uri"] for r in requests) == sorted(f"s3://{BUCKET}/{k}" for k in keys)
+    items = world.items()
+    assert len(items) == 7
+    errors = _error_items(world)
+    assert list(errors) == [refused_id]
+    (error,) = json.loads(errors[refused_id]["errors"])
+    assert error["stage"] == "submit" and error["error_type"] == "SendRefused"
+    assert "shorter than 1024 bytes" in error["message"]
+    again = invoke(submit, *args)
+    assert again.exit_code == 0, again.output
+    assert "already submitted (6 requests, 1 refused by SQS); nothing sent" in again.output
+    assert world.requests_in(url) == []
+
+
+def test_a_key_sqs_could_not_carry_raw_is_sent_escaped(world):
+    """SQS (AWS, LocalStack) refuses U+FFFE and other non-characters in a message body;
+    submit's bodies are ASCII JSON, so such a key travels escaped and is not refused."""
+    world.objects(0)
+    url = world.queue()
+    key = "photos/odd-\ufffe-name.jpg"
+    world.s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    result = invoke(submit, f"s3://{BUCKET}/{key}", "--queue", url)
+    assert result.exit_code == 0, result.output
+    (message,) = world.drain(url)
+    assert "\\ufffe" in message["Body"]
+    assert json.loads(message["Body"])[0]["s3_uri"] == f"s3://{BUCKET}/{key}"
+
+
+class _RefusingSqs:
+    """A stub SQS client (narrow: only what submit calls) that refuses the messages
+    holding a request whose key contains ``refuse-me``, either in ``Failed`` (AWS,
+    LocalStack) or by refusing the whole call (moto); its first call also fails one other
+    entry on SQS's side (an outage: sent again). Records what it accepted."""
+
+    def __init__(self, whole_call: bool):
+        self.whole_call = whole_call
+        self.accepted: list[str] = []
+        self.calls = 0
+
+    def send_message_batch(self, QueueUrl, Entries):
+        from botocore.exceptions import ClientError
+
+        self.calls += 1
+        bad = [e for e in Entries if "refuse-me" in e["MessageBody"]]
+        if bad and self.whole_call:
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "InvalidParameterValue",
+                        "Message": "One or more parameters are invalid. Reason: test refusal.",
+                    }
+                },
+                "SendMessageBatch",
+            )
+        failed = [
+            {
+                "Id": e["Id"],
+                "SenderFault": False,
+                "Code": "InvalidMessageContents",
+                "Message": "Invalid characters found (test refusal)",
+            }
+            for e in bad
+        ]
+        good = [e for e in Entries if e not in bad]
+        if self.calls == 1 and len(good) > 1:
+            failed.append(
+                {"Id": good[-1]["Id"], "SenderFault": False, "Code": "InternalError", "Message": ""}
+            )
+            good = good[:-1]
+        self.accepted += [e["MessageBody"] for e in good]
+        return {"Successful": [{"Id": e["Id"]} for e in good], "Failed": failed}
+
+
+@pytest.mark.parametrize("whole_call", [False, True], ids=["in-failed", "whole-call"])
+def test_every_request_of_a_refused_message_is_listed_and_recorded_with_the_reason(
+    world, monkeypatch, whole_call
+):
+    """Stubbed SQS (moto and the emulators refuse only some content, and not in both
+    ways): a refused message of 3 requests -> all 3 listed and in state error with SQS's
+    reason; the other messages accepted exactly once (an entry failed on SQS's side is
+    sent again, the accepted ones are not)."""
+    from igata_jobs import submit as module
+
+    keys = world.objects(8)
+    world.s3.put_object(Bucket=BUCKET, Key="photos/img-0003-refuse-me.jpg", Body=b"x")
+    world.tables()
+    stub = _RefusingSqs(whole_call)
+    monkeypatch.setattr(module, "_queue", lambda settings: (stub, False, 256 * 1024))
+    args = ["--queue", "https://sqs.us-east-1.amazonaws.com/123456789012/stubbed"]
+    args += ["--requests-table", REQUESTS, "--per-message", "3", "--collection-id", "c"]
+    result = invoke(submit, f"s3://{BUCKET}/photos/", *args)
+    assert result.exit_code == 1, result.output
+    # Sorted keys: img-0000..img-0003, img-0003-refuse-me, ... -> messages of 3: the second
+    # holds img-0003, img-0003-refuse-me and img-0004.
+    refused_keys = ["photos/img-0003.jpg", "photos/img-0003-refuse-me.jpg", "photos/img-0004.jpg"]
+    reason = "test refusal"
+    listed = [x for x in result.output.splitlines() if x.startswith("submit: refused by SQS")]
+    assert len(listed) == 3, result.output
+    for key, line in zip(sorted(refused_keys), sorted(listed), strict=True):
+        assert f"s3://{BUCKET}/{key} (request {request_id('c', BUCKET, key, None)})" in line
+        assert reason in line
+    assert "sent 6 requests in 2 messages" in result.output
+    assert "3 requests refused by SQS, not sent" in result.output
+    accepted = [r["s3_uri"] for body in stub.accepted for r in json.loads(body)]
+    expected = [f"s3://{BUCKET}/{k}" for k in keys if k not in refused_keys]
+    assert sorted(accepted) == sorted(expected)
+    errors = _error_items(world)
+    assert set(errors) == {request_id("c", BUCKET, k, None) for k in refused_keys}
+    for item in errors.values():
+        (error,) = json.loads(item["errors"])
+        assert reason in error["message"], error
+    assert len(world.items()) == 9
