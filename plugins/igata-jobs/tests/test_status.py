@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import pytest
 from igata_jobs.cli import status, submit
 from job_world import BUCKET, REQUESTS, invoke, set_state
 
@@ -199,3 +200,36 @@ def test_common_errors_are_grouped_without_the_object_named(world):
         set_state(world, [rid], "error", errors=text)
     _, found = as_json("c1", "--requests-table", REQUESTS)
     assert found["errors"] == [{"error": "decode: RecordError: <uri>: not an image", "count": 3}]
+
+
+@pytest.mark.parametrize("queued_items", [True, False], ids=["queued-items", "workers-only"])
+def test_status_counts_what_the_workers_finished_by_state(world, queued_items):
+    """Workers finish a job of 8 images (one poison), 3 requests a message: ``igata status
+    --json`` counts every submitted request once, by state, from the collection index. The
+    counts rest on the dynamodb sink writing ``collection_id`` on the REQUESTS items of
+    completed and failed requests, also when submit wrote no ``queued`` item first."""
+    from job_world import png, run_workers
+
+    world.objects(7, body=png())
+    world.objects(1, prefix="photos/poison-", body=png())
+    world.tables()
+    url = world.queue(dlq=True)
+    args = [f"s3://{BUCKET}/photos/", "--queue", url, "--collection-id", "done1"]
+    args += ["--per-message", "3"]
+    if queued_items:
+        args += ["--requests-table", REQUESTS]
+    result = invoke(submit, *args)
+    assert result.exit_code == 0, result.output
+    assert "sent 8 requests in 3 messages" in result.output
+    run = run_workers(url)
+    assert run.exit_code in (0, 1), run.summary
+    code, found = as_json("done1", "--requests-table", REQUESTS)
+    assert found["states"] == {"queued": 0, "completed": 7, "error": 1}, found
+    assert found["total"] == 8 and sum(found["states"].values()) == 8
+    assert code == 1 and found["done"] and found["phase"] == "done_with_errors"
+    # The same counts as the table itself holds.
+    items = [i for i in world.items() if i.get("collection_id") == "done1"]
+    assert len(items) == 8
+    assert sorted(i["state"] for i in items) == ["completed"] * 7 + ["error"]
+    (failed,) = (i for i in items if i["state"] == "error")
+    assert "poison" in failed["errors"]
