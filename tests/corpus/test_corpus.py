@@ -46,8 +46,8 @@ def check_failures(world: World, sent: dict[str, Case], sink: str, worker: Any) 
     """Failed cases: the right stage, dead-lettered once; returns the delivered cases' names."""
     assert worker.code == 0, worker.log[-4000:]
     stages = errors_by_case(worker.errors, sent)
-    dead = {m["MessageId"] for m in world.drain(world.dead_letter_url)}
-    assert world.counts(world.queue_url) == (0, 0), "every message settled"
+    dead = {m["MessageId"] for m in world.queues.drain(world.dead_letter_url)}
+    assert world.queues.counts(world.queue_url) == (0, 0), "every message settled"
     problems = []
     delivered = set()
     for message_id, case in sent.items():
@@ -72,10 +72,10 @@ def check_failures(world: World, sent: dict[str, Case], sink: str, worker: Any) 
 
 def test_the_corpus_through_the_sqs_sink(world: World) -> None:
     sent = enqueue(world)
-    out = world.queue("corpus-results")
+    out = world.queues.create("corpus-results")
     worker = world.run("--sink-opt", f"queue_url={out}", predictor="conformance_predictors:Echo")
     delivered = check_failures(world, sent, "sqs", worker)
-    bodies = [json.loads(message["Body"]) for message in world.drain(out)]
+    bodies = [json.loads(message["Body"]) for message in world.queues.drain(out)]
     image_ids = [body["image_id"] for body in bodies]
     expected = sorted(case.image_id for case in CASES if case.name in delivered)
     assert sorted(image_ids) == expected, "each delivered case once, and nothing else"
