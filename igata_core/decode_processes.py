@@ -81,8 +81,9 @@ def _is_plain_array(value: Any) -> bool:
 class _SharedFile:
     """The run's arrays, appended to one file in shared memory."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, prefix: str) -> None:
         self.directory = directory
+        self.prefix = prefix
         self.path: str | None = None
         self._fd: int | None = None
         self._size = 0
@@ -92,7 +93,7 @@ class _SharedFile:
 
         array = np.ascontiguousarray(array)
         if self._fd is None:
-            self.path = os.path.join(self.directory, f"igata-decode-{uuid.uuid4().hex}")
+            self.path = os.path.join(self.directory, self.prefix + uuid.uuid4().hex)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         offset = self._size
         data = array.data.cast("B") if array.size else b""
@@ -114,10 +115,12 @@ class _SharedFile:
                 os.unlink(self.path)
 
 
-def _read_run(items: Sequence[Item], directory: str) -> tuple[str | None, list[_Outcome]]:
+def _read_run(
+    items: Sequence[Item], directory: str, prefix: str
+) -> tuple[str | None, list[_Outcome]]:
     """Read ``items`` with this process's reader: (shared file, outcome per item)."""
     assert _reader is not None, "the decode process was not started with a reader"
-    shared = _SharedFile(directory)
+    shared = _SharedFile(directory, prefix)
     outcomes: list[_Outcome] = []
     try:
         for item in items:
@@ -176,6 +179,8 @@ class ProcessReader:
         self.reader = reader
         self.processes = processes
         self.directory = _shared_directory()
+        # Named after this process, so that what a killed worker left is found at close.
+        self.prefix = f"igata-decode-{os.getpid()}-"
         self._lock = threading.Lock()
         self._generation = 0
         self._closed = False
@@ -206,6 +211,11 @@ class ProcessReader:
         quarantine = self._quarantine
         if quarantine is not None:
             quarantine.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            for name in os.listdir(self.directory):
+                if name.startswith(self.prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.directory, name))
 
     # -- reading
 
@@ -251,7 +261,7 @@ class ProcessReader:
         with self._quarantine_lock:
             if self._quarantine is None:
                 self._quarantine = self._new_executor(1)
-            future = self._quarantine.submit(_read_run, [item], self.directory)
+            future = self._quarantine.submit(_read_run, [item], self.directory, self.prefix)
             try:
                 path, outcomes = future.result()
             except BrokenProcessPool as exc:
@@ -270,7 +280,8 @@ class ProcessReader:
                 raise RuntimeError("the decode processes were shut down")
             generation = self._generation
             try:
-                return generation, self._executor.submit(_read_run, items, self.directory)
+                future = self._executor.submit(_read_run, items, self.directory, self.prefix)
+                return generation, future
             except BrokenProcessPool:
                 pass
         self._restart(generation)

@@ -128,6 +128,8 @@ def test_a_process_that_dies_fails_only_the_input_that_kills_it(tmp_path):
     (outcome,) = result.outcomes
     assert outcome.input.endswith("5.crash")
     assert outcome.stage == "decode" and "decode process reading it died" in outcome.message
+    # The killed worker's half-written shared file, if any, is removed at the end.
+    assert not [n for n in _leftovers() if n.startswith(f"igata-decode-{os.getpid()}-")]
 
 
 def test_system_exit_in_a_decode_process_is_fatal_as_in_a_thread(tmp_path):
