@@ -8,6 +8,7 @@ and a crash at any point leaves at most one batch to be sent again on resume.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -511,6 +512,13 @@ def submit(settings: SubmitSettings, say: Callable[[str], None] = click.echo) ->
             if cursor is not None and index + 1 < len(readers):
                 state.source_index = index + 1
                 cursor.save()
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) or failed: the batches settled since the cursor's
+        # last write go into it now, so that a resume does not send them again.
+        if cursor is not None and cursor.unsaved:
+            with contextlib.suppress(Exception):
+                cursor.save(now=True)
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if cursor is not None:
