@@ -279,7 +279,8 @@ class _LoadGate:
     def leave(self) -> None:
         with self._cond:
             self._active -= 1
-            self._cond.notify()
+            if self._active < self.limit:
+                self._cond.notify()
 
     def over(self) -> bool:
         """The limit went down: this thread should give its place up."""
@@ -297,8 +298,10 @@ class _LoadGate:
             now = time.monotonic()
             rate = self._count / max(now - (self._since or now), 1e-6)
             self._count, self._since = 0, now
+            limit = self.limit
             self._tune(rate)
-            self._cond.notify_all()
+            if self.limit > limit:  # waiting threads may now load (none otherwise)
+                self._cond.notify(self.limit - limit)
 
     def _tune(self, rate: float) -> None:
         if self._trial is not None:

@@ -457,6 +457,39 @@ def test_gate_raised_limit_lets_waiting_threads_in():
     assert time.monotonic() - started < 0.4
 
 
+# Threads waiting for a place are woken only when one can enter: with small files eight
+# load threads wait behind a limit of one, and waking them all at every window's end (or
+# at every leave while the limit is full) costs a thread switch each for nothing.
+def test_gate_wakes_waiting_threads_only_when_a_place_is_free():
+    gate = _LoadGate(3)
+    gate.limit = 1
+    assert gate.enter(timeout=0.1)
+    waits = [0]
+    cond_wait = gate._cond.wait
+
+    def counting_wait(timeout: float | None = None) -> bool:
+        waits[0] += 1
+        return cond_wait(timeout)
+
+    gate._cond.wait = counting_wait  # type: ignore[method-assign]
+    entered: list[bool] = []
+    thread = threading.Thread(target=lambda: entered.append(gate.enter(timeout=1.5)))
+    thread.daemon = True
+    thread.start()
+    _until(lambda: waits[0] == 1)
+    gate._tune = lambda rate: None  # type: ignore[method-assign]  # the limit stays at 1
+    gate.loaded(gate.WINDOW, 0.01)  # a window ends: no place freed
+    gate.limit = 0  # as if lowered: the thread that leaves frees no place under it
+    gate.leave()
+    time.sleep(0.2)
+    assert waits[0] == 1 and not entered  # still in its first wait: never woken
+    gate.limit = 1
+    with gate._cond:
+        gate._cond.notify()  # a place is free (as leave() under the limit would say)
+    thread.join(2.0)
+    assert entered == [True]
+
+
 def test_gate_over_when_more_are_active_than_the_limit():
     gate = _LoadGate(4)
     assert gate.enter(timeout=0.1) and gate.enter(timeout=0.1)
