@@ -245,6 +245,9 @@ class _LoadGate:
     #: window; thread time, which waiting for the lock or the network does not count)
     #: gain nothing from other threads: the first trial goes straight to one thread.
     FAST_LOAD = 300e-6
+    #: Loads after which the first window ends early when they were fast: until then every
+    #: thread loads, and with small files each of their calls is a thread switch.
+    FIRST_LOADS = 16
 
     def __init__(self, most: int, least: int = 1, judge_loads: bool = True) -> None:
         """``least``: the fewest threads to keep loading (decode processes want one run in
@@ -255,6 +258,7 @@ class _LoadGate:
         self.limit = self.most  # start as fast as possible for slow loads
         self._judge_loads = judge_loads
         self._active = 0
+        self._closed = False
         self._cond = threading.Condition(threading.Lock())
         self._count = 0
         # The first window starts with the first load, not with the run's set-up.
@@ -265,16 +269,25 @@ class _LoadGate:
         self._first: list[float] | None = []  # seconds per load in the first window
 
     def enter(self, timeout: float) -> bool:
-        """Take a place among the loading threads; False after ``timeout`` without one."""
+        """Take a place among the loading threads; False after ``timeout`` without one, or
+        once the gate is closed."""
         with self._cond:
             if self._active >= self.limit and not self._cond.wait_for(
-                lambda: self._active < self.limit, timeout
+                lambda: self._active < self.limit or self._closed, timeout
             ):
+                return False
+            if self._closed:
                 return False
             self._active += 1
             if self._since is None:
                 self._since = time.monotonic()
             return True
+
+    def close(self) -> None:
+        """The run is over: threads waiting for a place give up at once."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def leave(self) -> None:
         with self._cond:
@@ -293,7 +306,7 @@ class _LoadGate:
             if self._first is not None and count:
                 self._first.append(seconds / count)
             self._count += count
-            if self._count < self.WINDOW:
+            if self._count < self.WINDOW and not self._fast_so_far():
                 return
             now = time.monotonic()
             rate = self._count / max(now - (self._since or now), 1e-6)
@@ -302,6 +315,15 @@ class _LoadGate:
             self._tune(rate)
             if self.limit > limit:  # waiting threads may now load (none otherwise)
                 self._cond.notify(self.limit - limit)
+
+    def _fast_so_far(self) -> bool:
+        """In the first window, after ``FIRST_LOADS`` loads: they were fast."""
+        return (
+            self._first is not None
+            and self._judge_loads
+            and self._count >= self.FIRST_LOADS
+            and statistics.median(self._first) < self.FAST_LOAD
+        )
 
     def _tune(self, rate: float) -> None:
         if self._trial is not None:
@@ -707,6 +729,7 @@ class Pipeline:
     def _stop_loaders(self, loaders: list[threading.Thread], wait: bool) -> None:
         """End the load threads; items not yet loaded are dropped (the run is over)."""
         self._loads_closed = True
+        self._gate.close()
         self._work.clear()
         self._work.wake()
         if wait:

@@ -237,11 +237,11 @@ def test_gate_first_window_uses_the_median_load_time():
     # Mostly fast loads and a few very slow ones: the mean is slow, the median is fast.
     gate = _LoadGate(8)
     fast, slow = gate.FAST_LOAD / 10, gate.FAST_LOAD * 100
-    _first_window(gate, [fast] * 40 + [slow] * 24)
+    _first_window(gate, [slow] * 6 + [fast] * 58)
     assert gate.limit == 1
     # Mostly slow loads: halves.
     gate = _LoadGate(8)
-    _first_window(gate, [fast] * 24 + [slow] * 40)
+    _first_window(gate, [fast] * 6 + [slow] * 58)
     assert gate.limit == 4
     # Exactly FAST_LOAD is not fast.
     gate = _LoadGate(8)
@@ -257,18 +257,41 @@ def test_gate_first_window_time_is_per_load():
     assert gate.limit == 1
 
 
+def test_gate_fast_first_loads_end_the_first_window_early():
+    gate = _LoadGate(8)
+    rates = _first_window(gate, [gate.FAST_LOAD / 10] * gate.WINDOW)
+    assert len(rates) == 1 and gate.limit == 1
+    assert gate._count == gate.WINDOW - gate.FIRST_LOADS  # counted into the next window
+    # Slow ones do not: the first window is a whole one, the trial halves.
+    gate = _LoadGate(8)
+    tuned: list[float] = []
+    gate._tune = tuned.append  # type: ignore[method-assign]
+    for _ in range(gate.WINDOW - 1):
+        gate.loaded(1, gate.FAST_LOAD * 10)
+    assert tuned == []
+    gate.loaded(1, gate.FAST_LOAD * 10)
+    assert len(tuned) == 1
+    # Not with decode processes either: a load's thread time says nothing there.
+    gate = _LoadGate(8, least=2, judge_loads=False)
+    tuned = []
+    gate._tune = tuned.append  # type: ignore[method-assign]
+    for _ in range(gate.WINDOW - 1):
+        gate.loaded(1, gate.FAST_LOAD / 10)
+    assert tuned == []
+
+
 def test_gate_loaded_tunes_once_per_window():
     gate = _LoadGate(8)
     rates: list[float] = []
     gate._tune = rates.append  # type: ignore[method-assign]
-    gate.loaded(gate.WINDOW - 1, 0.01)
+    gate.loaded(gate.WINDOW - 1, 1.0)  # slow loads: the first window is a whole one
     gate.loaded(0, 0.0)
     assert rates == []
     gate.loaded(1, 0.0)
     assert len(rates) == 1 and rates[0] > 0
-    gate.loaded(gate.WINDOW + 10, 0.01)  # a long run ends a window; the count starts over
+    gate.loaded(gate.WINDOW + 10, 1.0)  # a long run ends a window; the count starts over
     assert len(rates) == 2
-    gate.loaded(gate.WINDOW - 1, 0.01)
+    gate.loaded(gate.WINDOW - 1, 1.0)
     assert len(rates) == 2
 
 
@@ -488,6 +511,27 @@ def test_gate_wakes_waiting_threads_only_when_a_place_is_free():
         gate._cond.notify()  # a place is free (as leave() under the limit would say)
     thread.join(2.0)
     assert entered == [True]
+
+
+# At the end of a run the load threads waiting behind the limit must stop at once, not
+# after their timeout: the run waits for them.
+def test_gate_close_sends_waiting_threads_away_at_once():
+    gate = _LoadGate(1)
+    assert gate.enter(timeout=0.1)
+    results: list[tuple[bool, float]] = []
+
+    def waiter() -> None:
+        started = time.monotonic()
+        results.append((gate.enter(timeout=5.0), time.monotonic() - started))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    _until(lambda: gate._cond._waiters)  # type: ignore[attr-defined]
+    gate.close()
+    thread.join(2.0)
+    assert results and results[0][0] is False and results[0][1] < 1.0
+    gate.leave()
+    assert gate.enter(timeout=0.1) is False  # closed: nobody enters any more
 
 
 def test_gate_over_when_more_are_active_than_the_limit():
