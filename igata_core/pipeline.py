@@ -239,8 +239,11 @@ class _LoadGate:
     """
 
     WINDOW = 64
-    #: Windows to wait after a trial that failed before trying again.
+    #: Windows to wait after a trial that failed before trying again; each further failure
+    #: doubles the wait, up to ``MAX_PAUSE``, so a worker that runs for days on the same
+    #: kind of input does not keep paying for trials that fail. A kept trial starts over.
     PAUSE = 16
+    MAX_PAUSE = 256
     #: Loads that cost less processor time than this (seconds each, median of the first
     #: window; thread time, which waiting for the lock or the network does not count)
     #: gain nothing from other threads: the first trial goes straight to one thread.
@@ -266,6 +269,7 @@ class _LoadGate:
         self._trial: tuple[int, float] | None = None  # the limit before a trial, its rate
         self._down = True  # direction of the next trial
         self._pause = 0
+        self._next_pause = self.PAUSE
         self._first: list[float] | None = []  # seconds per load in the first window
 
     def enter(self, timeout: float) -> bool:
@@ -333,10 +337,12 @@ class _LoadGate:
             if not kept:
                 self.limit = before
                 self._down = not self._down
-                self._pause = self.PAUSE
+                self._pause = self._next_pause
+                self._next_pause = min(2 * self._next_pause, self.MAX_PAUSE)
                 return
             # Kept: the next step the same way starts now, measured against this window,
             # so the gate settles in half the windows.
+            self._next_pause = self.PAUSE
         elif self._pause:
             self._pause -= 1
             return
@@ -349,7 +355,7 @@ class _LoadGate:
             new = min(self.most, self.limit * 2)
         if new == self.limit:  # at a bound: try the other way after a pause
             self._down = not self._down
-            self._pause = self.PAUSE
+            self._pause = self._next_pause
             return
         self._trial = (self.limit, rate)
         self.limit = new

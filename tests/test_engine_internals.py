@@ -327,14 +327,48 @@ def test_gate_slower_downward_trial_is_reverted_and_pauses():
     for _ in range(gate.PAUSE):  # whatever the rate, nothing moves while paused
         gate._tune(1e9)
         assert gate.limit == 8 and gate._trial is None
-    # Then the other direction: up, but 8 is the bound: no move, a pause, then down again.
+    # Then the other direction: up, but 8 is the bound: no move, a pause (twice as long
+    # after the failed trial), then down again.
     gate._tune(100.0)
     assert gate.limit == 8 and gate._trial is None
-    assert gate._pause == gate.PAUSE and gate._down is True
-    for _ in range(gate.PAUSE):
+    assert gate._pause == 2 * gate.PAUSE and gate._down is True
+    for _ in range(2 * gate.PAUSE):
         gate._tune(100.0)
     gate._tune(100.0)
     assert gate.limit == 4 and gate._trial == (8, 100.0)
+
+
+def test_gate_failed_trials_back_off_and_a_kept_one_starts_over():
+    gate = _slow_gate(8)
+    pauses: list[int] = []
+    for _ in range(7):
+        gate._tune(100.0)  # 8 -> 4 (or at the bound 8 going up: a pause)
+        while gate._trial is None:  # sit out the pauses at the bound
+            assert gate.limit == 8
+            pauses.append(gate._pause)
+            for _ in range(gate._pause):
+                gate._tune(100.0)
+            gate._tune(100.0)
+        assert gate.limit == 4
+        gate._tune(50.0)  # slower: reverted
+        assert gate.limit == 8
+        pauses.append(gate._pause)
+        for _ in range(gate._pause):
+            gate._tune(100.0)
+    # Each failure doubles the wait (the bound's pause follows the current one), up to
+    # MAX_PAUSE.
+    assert pauses[:4] == [16, 32, 32, 64]
+    assert max(pauses) == gate.MAX_PAUSE and pauses[-1] == gate.MAX_PAUSE
+    # A kept trial starts over: the next failure pauses PAUSE again.
+    gate._tune(100.0)  # up at the bound: a pause
+    for _ in range(gate._pause):
+        gate._tune(100.0)
+    gate._tune(100.0)
+    assert gate.limit == 4
+    gate._tune(100.0)  # as fast at 4: kept, and on to 2
+    assert gate.limit == 2
+    gate._tune(50.0)  # slower at 2: back to 4
+    assert gate.limit == 4 and gate._pause == gate.PAUSE
 
 
 def test_gate_tries_up_after_a_reverted_downward_trial():
