@@ -276,11 +276,8 @@ class _LoadGate:
         """Take a place among the loading threads; False after ``timeout`` without one, or
         once the gate is closed."""
         with self._cond:
-            if self._active >= self.limit and not self._cond.wait_for(
-                lambda: self._active < self.limit or self._closed, timeout
-            ):
-                return False
-            if self._closed:
+            free = self._cond.wait_for(lambda: self._active < self.limit or self._closed, timeout)
+            if not free or self._closed:
                 return False
             self._active += 1
             if self._since is None:
@@ -322,12 +319,13 @@ class _LoadGate:
 
     def _fast_so_far(self) -> bool:
         """In the first window, after ``FIRST_LOADS`` loads: they were fast."""
-        return (
-            self._first is not None
-            and self._judge_loads
-            and self._count >= self.FIRST_LOADS
-            and statistics.median(self._first) < self.FAST_LOAD
-        )
+        return self._count >= self.FIRST_LOADS and self._fast_loads(self._first)
+
+    def _fast_loads(self, first: list[float] | None) -> bool:
+        """The first window's loads (``first``) gain nothing from other threads."""
+        if not first or not self._judge_loads:
+            return False
+        return statistics.median(first) < self.FAST_LOAD
 
     def _tune(self, rate: float) -> None:
         if self._trial is not None:
@@ -347,7 +345,7 @@ class _LoadGate:
             self._pause -= 1
             return
         first, self._first = self._first, None
-        if first and self._judge_loads and self._down and statistics.median(first) < self.FAST_LOAD:
+        if self._down and self._fast_loads(first):
             new = self.least  # small local files: one thread alone, at once
         elif self._down:
             new = max(self.least, self.limit // 2)
