@@ -474,18 +474,27 @@ def test_gate_enter_admits_at_most_limit():
     assert gate._active == 0
 
 
-def test_gate_leave_lets_a_waiting_thread_in():
-    gate = _LoadGate(1)
-    assert gate.enter(timeout=0.1)
+def _waiting_enter(
+    gate: _LoadGate, timeout: float
+) -> tuple[threading.Thread, list[tuple[bool, float]]]:
+    """A thread that calls ``gate.enter(timeout)``, started and already waiting; the list
+    gets what enter returned and how long it took."""
     entered: list[tuple[bool, float]] = []
 
     def waiter() -> None:
         started = time.monotonic()
-        entered.append((gate.enter(timeout=0.8), time.monotonic() - started))
+        entered.append((gate.enter(timeout=timeout), time.monotonic() - started))
 
     thread = threading.Thread(target=waiter, daemon=True)
     thread.start()
     _until(lambda: gate._cond._waiters)  # type: ignore[attr-defined]
+    return thread, entered
+
+
+def test_gate_leave_lets_a_waiting_thread_in():
+    gate = _LoadGate(1)
+    assert gate.enter(timeout=0.1)
+    thread, entered = _waiting_enter(gate, timeout=0.8)
     gate.leave()
     thread.join(2.0)
     assert entered and entered[0][0] is True
@@ -519,8 +528,8 @@ def test_gate_raised_limit_lets_waiting_threads_in():
 # at every leave while the limit is full) costs a thread switch each for nothing.
 def test_gate_wakes_waiting_threads_only_when_a_place_is_free():
     gate = _LoadGate(3)
-    gate.limit = 1
-    assert gate.enter(timeout=0.1)
+    gate.limit = 2
+    assert gate.enter(timeout=0.1) and gate.enter(timeout=0.1)
     waits = [0]
     cond_wait = gate._cond.wait
 
@@ -529,22 +538,17 @@ def test_gate_wakes_waiting_threads_only_when_a_place_is_free():
         return cond_wait(timeout)
 
     gate._cond.wait = counting_wait  # type: ignore[method-assign]
-    entered: list[bool] = []
-    thread = threading.Thread(target=lambda: entered.append(gate.enter(timeout=1.5)))
-    thread.daemon = True
-    thread.start()
-    _until(lambda: waits[0] == 1)
-    gate._tune = lambda rate: None  # type: ignore[method-assign]  # the limit stays at 1
+    thread, entered = _waiting_enter(gate, timeout=3.0)
+    assert waits[0] == 1
+    gate._tune = lambda rate: None  # type: ignore[method-assign]  # the limit stays at 2
     gate.loaded(gate.WINDOW, 0.01)  # a window ends: no place freed
-    gate.limit = 0  # as if lowered: the thread that leaves frees no place under it
+    gate.limit = 1  # lowered (by a trial): the first thread to leave frees no place
     gate.leave()
     time.sleep(0.2)
     assert waits[0] == 1 and not entered  # still in its first wait: never woken
-    gate.limit = 1
-    with gate._cond:
-        gate._cond.notify()  # a place is free (as leave() under the limit would say)
+    gate.leave()  # now a place is free under the limit: the waiting thread enters
     thread.join(2.0)
-    assert entered == [True]
+    assert entered and entered[0][0] is True and entered[0][1] < 1.0  # woken, not timed out
 
 
 # At the end of a run the load threads waiting behind the limit must stop at once, not
@@ -552,15 +556,7 @@ def test_gate_wakes_waiting_threads_only_when_a_place_is_free():
 def test_gate_close_sends_waiting_threads_away_at_once():
     gate = _LoadGate(1)
     assert gate.enter(timeout=0.1)
-    results: list[tuple[bool, float]] = []
-
-    def waiter() -> None:
-        started = time.monotonic()
-        results.append((gate.enter(timeout=5.0), time.monotonic() - started))
-
-    thread = threading.Thread(target=waiter, daemon=True)
-    thread.start()
-    _until(lambda: gate._cond._waiters)  # type: ignore[attr-defined]
+    thread, results = _waiting_enter(gate, timeout=5.0)
     gate.close()
     thread.join(2.0)
     assert results and results[0][0] is False and results[0][1] < 1.0
