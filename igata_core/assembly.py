@@ -7,7 +7,6 @@ as :class:`~igata_core.options.OptionsError` (exit code 2).
 from __future__ import annotations
 
 import os
-import tomllib
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -101,6 +100,8 @@ def load_config(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     """Read an ``igata.toml``; a missing or malformed file is a usage error."""
     if not path:
         return {}
+    import tomllib  # here: most runs have no config file
+
     try:
         with open(path, "rb") as handle:
             return tomllib.load(handle)

@@ -14,7 +14,6 @@ flushed (see ``DESIGN.md``, delivery semantics).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -310,5 +309,7 @@ class Decoder(Component):
 
 def digest_identity(value: Any) -> str:
     """A deterministic identity for a request without an id field."""
+    import hashlib  # here: its OpenSSL binding costs every start-up ~5 ms
+
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]

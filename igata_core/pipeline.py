@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import statistics
 import threading
 import time
 from collections import deque
@@ -325,6 +324,8 @@ class _LoadGate:
         """The first window's loads (``first``) gain nothing from other threads."""
         if not first or not self._judge_loads:
             return False
+        import statistics  # here: once a run, and its import costs every start-up ~5 ms
+
         return statistics.median(first) < self.FAST_LOAD
 
     def _tune(self, rate: float) -> None:
@@ -399,6 +400,7 @@ class Pipeline:
         self._work = _Handoff()
         self._ready = _Handoff()
         self._loads_closed = False
+        self._loaders: list[threading.Thread] = []  # started by the producer as work waits
         processes = self.settings.decode_processes
         self._gate = _LoadGate(
             self.settings.concurrency, least=processes or 1, judge_loads=not processes
@@ -492,16 +494,9 @@ class Pipeline:
             self._close()
             self.summary.seconds = time.monotonic() - started
             return self.summary
-        # Daemon threads: a load stuck in a loader must not keep an aborted run alive.
-        loaders = [
-            threading.Thread(target=self._load_worker, name=f"igata-load_{i}", daemon=True)
-            for i in range(self.settings.concurrency)
-        ]
         producer = threading.Thread(target=self._produce, name="igata-producer", daemon=True)
         writer = threading.Thread(target=self._write, name="igata-writer", daemon=True)
         writer.start()
-        for loader in loaders:
-            loader.start()
         producer.start()
         self.health.watch_threads(
             lambda: writer.is_alive() and (producer.is_alive() or self._producer_done.is_set())
@@ -512,7 +507,7 @@ class Pipeline:
         except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code
             self._fatal(exc, f"predictor {type(self.predictor).__name__}")
         finally:
-            self._stop_loaders(loaders, wait=not self._abort.is_set())
+            self._stop_loaders(wait=not self._abort.is_set())
             self._put_out(_DONE, force=True)
             writer.join()
             producer.join(timeout=0 if self._abort.is_set() else None)
@@ -679,6 +674,21 @@ class Pipeline:
             with self._lock:
                 self._in_flight += len(works)
             self._work.put(works)
+            self._add_loaders()
+
+    def _add_loaders(self) -> None:
+        """Start another load thread while more items wait than threads were started, up to
+        ``concurrency``: starting one costs a thread switch or two, and fast loads (small
+        local files) never need more than one or two of them."""
+        while len(self._loaders) < self.settings.concurrency and len(self._work) > len(
+            self._loaders
+        ):
+            # Daemon threads: a load stuck in a loader must not keep an aborted run alive.
+            loader = threading.Thread(
+                target=self._load_worker, name=f"igata-load_{len(self._loaders)}", daemon=True
+            )
+            loader.start()
+            self._loaders.append(loader)
 
     # -- load threads ----------------------------------------------------------------------
 
@@ -730,14 +740,14 @@ class Pipeline:
             self._ready.put(loaded)
         return True
 
-    def _stop_loaders(self, loaders: list[threading.Thread], wait: bool) -> None:
+    def _stop_loaders(self, wait: bool) -> None:
         """End the load threads; items not yet loaded are dropped (the run is over)."""
         self._loads_closed = True
         self._gate.close()
         self._work.clear()
         self._work.wake()
         if wait:
-            for loader in loaders:
+            for loader in list(self._loaders):
                 loader.join()
 
     def _load(

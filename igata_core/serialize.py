@@ -13,7 +13,6 @@ import json
 import math
 import sys
 from collections.abc import Mapping
-from decimal import Decimal
 from pathlib import PurePath
 from typing import Any
 
@@ -38,7 +37,10 @@ def to_jsonable(value: Any) -> Any:
             return value.tolist()
         if isinstance(value, numpy.generic):
             return value.item()
-    if isinstance(value, Decimal):
+    # A Decimal exists only once its module was imported (importing it costs every
+    # start-up ~3 ms).
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         if not value.is_finite():
             raise NotSerializable(f"Decimal {value} has no JSON form (not a finite number)")
         # Integral values stay exact as JSON integers; the exponent bound keeps a value like

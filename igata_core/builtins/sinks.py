@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from typing import IO, Any, ClassVar
@@ -86,7 +85,7 @@ class AtomicFile:
 def _create_beside(path: str) -> tuple[str, int]:
     directory, base = os.path.split(path)
     while True:
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(4)}.partial")
+        temp = os.path.join(directory, f".{base}.{os.urandom(4).hex()}.partial")
         try:
             # Mode 0o666 lets the umask decide the final file's permissions, as for any
             # file the user creates (mkstemp would make it private to the owner).

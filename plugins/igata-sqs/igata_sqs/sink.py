@@ -30,7 +30,6 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,7 +38,7 @@ from igata_core.serialize import NotSerializable, dumps
 from igata_sqs import errors
 from igata_sqs.batching import MAX_PAYLOAD_BYTES, batches
 from igata_sqs.clients import check_queue_url, describe, error_code, make_client, queue_name
-from igata_sqs.limits import INVALID_CHARACTER, digest, fifo_id, valid_attribute_value
+from igata_sqs.limits import digest, fifo_id, has_invalid_character, valid_attribute_value
 
 log = logging.getLogger("igata.sqs")
 
@@ -359,6 +358,8 @@ class _Senders:
     def map(self, function: Callable[[Any], _Outcome], arguments: list[Any]) -> list[_Outcome]:
         if len(arguments) == 1:
             return [function(arguments[0])]
+        from concurrent.futures import Future  # here: most runs have no sqs sink
+
         futures: list[Future[_Outcome]] = []
         for argument in arguments:
             future: Future[_Outcome] = Future()
@@ -373,7 +374,7 @@ class _Senders:
 
 def _body(record: Mapping[str, Any]) -> str:
     body = dumps(record, ensure_ascii=False)
-    if INVALID_CHARACTER.search(body):
+    if has_invalid_character(body):
         # Characters SQS refuses (U+FFFE, U+0000, lone surrogates…) go as JSON escapes.
         body = dumps(record, ensure_ascii=True)
     return body
@@ -398,4 +399,4 @@ def _fifo_value(value: Any, identity: str | None, body: str) -> str:
 def _shown(identity: str | None) -> str:
     if identity is None:
         return "?"
-    return ascii(identity) if INVALID_CHARACTER.search(identity) or not identity else identity
+    return ascii(identity) if has_invalid_character(identity) or not identity else identity

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import functools
 import time
-import urllib.request
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from igata_core import Loaded, Loader, Option, RecordError, RunContext
-from igata_http.transport import (
-    HostAllowList,
-    NotAllowed,
-    backoff_delay,
-    describe,
-    is_transient,
-    opener,
-)
+
+if TYPE_CHECKING:
+    import urllib.request
+
+# igata_http.transport (urllib.request, http.client, ssl: ~12 ms) is imported when a loader
+# is made, not when the plugin registers: every `igata` command registers it.
 
 _CHUNK = 64 * 1024
 
@@ -65,6 +62,8 @@ class HttpLoader(Loader):
 
     def __init__(self, options: Any = None, context: RunContext | None = None):
         super().__init__(options, context)
+        from igata_http.hosts import HostAllowList
+
         # Parsed here so that a malformed entry is reported with the other option problems.
         self.allow = HostAllowList(
             self.opts["allowed_hosts"],
@@ -75,9 +74,14 @@ class HttpLoader(Loader):
     def _opener(self) -> urllib.request.OpenerDirector:
         # Built on first use: its TLS context loads the system's CA certificates (~40 ms),
         # which every `igata run` would pay at start-up even with no http input.
+        from igata_http.transport import opener
+
         return opener(self.opts["read_timeout"], self.allow)
 
     def load(self, uri: str) -> Loaded:
+        from igata_http.hosts import NotAllowed
+        from igata_http.transport import backoff_delay, describe, is_transient
+
         try:
             self.allow.check(uri)
         except NotAllowed as exc:
@@ -127,4 +131,6 @@ class HttpLoader(Loader):
     def _request(self, uri: str) -> urllib.request.Request:
         # identity: the size limit applies to what is on the wire and what is returned.
         headers = {"User-Agent": self.opts["user_agent"], "Accept-Encoding": "identity"}
+        import urllib.request
+
         return urllib.request.Request(uri, headers=headers, method="GET")

@@ -14,19 +14,22 @@ keeping the inputs unacknowledged. A 4xx answer means the receiver refuses the b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from igata_core import RECORD_ID_KEY, Option, Rejection, RunContext, Sink
 from igata_core.serialize import NotSerializable, dumps
-from igata_http.transport import backoff_delay, describe, is_transient, opener
+
+if TYPE_CHECKING:
+    import urllib.error
+
+# hashlib and igata_http.transport (urllib.request, http.client, ssl: ~15 ms together) are
+# imported when a sink is made, not when the plugin registers: every `igata` command
+# registers it.
 
 
 class WebhookRefused(Exception):
@@ -87,6 +90,8 @@ class WebhookSink(Sink):
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"url {self.url!r} is not an http:// or https:// URL")
+        from igata_http.transport import opener
+
         # No redirects: a POST redirected by urllib would arrive as a GET without its body.
         self._opener = opener(self.opts["read_timeout"], allow=None)
         # igata_id -> serialised record, in arrival order; a redelivery replaces its entry.
@@ -119,6 +124,11 @@ class WebhookSink(Sink):
             self._batches.pop(0)
 
     def _post(self, batch: _Batch) -> None:
+        import urllib.error
+        import urllib.request
+
+        from igata_http.transport import backoff_delay, describe, is_transient
+
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": batch.key,
@@ -160,6 +170,8 @@ class WebhookSink(Sink):
 
 
 def _batch(texts: list[str]) -> _Batch:
+    import hashlib
+
     records = ",".join(texts)
     key = hashlib.sha256(records.encode("utf-8")).hexdigest()[:32]
     body = f'{{"batch": {json.dumps(key)}, "records": [{records}]}}'.encode()
