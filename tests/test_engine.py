@@ -449,3 +449,65 @@ def test_a_loader_configuration_error_stops_at_once_with_exit_2(tmp_path):
     assert result.exit_code == 2
     assert "input misconfigured: bucket policy refuses us" in result.summary["reason"]
     assert source.acked == [] and source.nacked == []
+
+
+# -- load threads ------------------------------------------------------------------------------
+
+
+class _ThreadNoting:
+    """Wraps a loader's ``load`` to note the threads that ran it."""
+
+    def __init__(self, faulty: Any) -> None:
+        self.threads: set[str] = set()
+        inner = faulty.load
+
+        def load(uri: str) -> Loaded:
+            self.threads.add(threading.current_thread().name)
+            return inner(uri)
+
+        faulty.load = load
+
+
+def test_a_single_input_is_loaded_without_starting_every_load_thread(tmp_path):
+    # Load threads start as items wait for them: a run over one file starts one.
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 1)
+    faulty = FaultyLoader(FileLoader())
+    noted = _ThreadNoting(faulty)
+    started: list[int] = []
+    original = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        if self.name.startswith("igata-load"):
+            started.append(1)
+        original(self)
+
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        result = run_pipeline(
+            ListSource(_uri_envelopes(paths)), RecordingSink(), ShapePredictor,
+            registry=registry_with(faulty.as_class()), concurrency=8,
+        )  # fmt: skip
+    finally:
+        threading.Thread.start = original  # type: ignore[method-assign]
+    assert result.exit_code == 0, result.summary
+    assert len(started) == 1 and len(noted.threads) == 1
+
+
+def test_slow_loads_are_spread_over_concurrency_threads(tmp_path):
+    # Items pile up behind slow loads (a remote store): a thread is started for each
+    # waiting item, up to --concurrency, and all of them load.
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 24)
+    faulty = FaultyLoader(FileLoader(), slow=0.1)
+    noted = _ThreadNoting(faulty)
+    result = run_pipeline(
+        ListSource(_uri_envelopes(paths)), RecordingSink(), ShapePredictor,
+        registry=registry_with(faulty.as_class()), concurrency=4,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.summary["written"] == 24, result.summary
+    assert noted.threads == {f"igata-load_{i}" for i in range(4)}
