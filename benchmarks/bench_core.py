@@ -22,6 +22,7 @@ from benchmarks.predictors import (
 )
 from benchmarks.subprocesses import (
     HEAVY_MODULES,
+    compile_sources,
     igata_command,
     imported_modules,
     peak_rss_mb,
@@ -399,6 +400,7 @@ def first_record(ctx: BenchContext) -> list[Measurement]:
         str(directory),
     ]  # fmt: skip
     plugins = sorted(ep.name for ep in metadata.entry_points(group="igata"))
+    compile_sources(REPO)
     samples = ctx.repeat_interleaved(
         {
             "igata": lambda: wall_time(command) * 1000,
@@ -426,6 +428,7 @@ def startup(ctx: BenchContext) -> list[Measurement]:
     command = [*igata_command(), "--help"]
     plugins = sorted(ep.name for ep in metadata.entry_points(group="igata"))
     heavy = sorted(set(HEAVY_MODULES) & imported_modules(command))
+    compile_sources(REPO)
     samples = ctx.repeat_interleaved(
         {
             "igata": lambda: wall_time(command) * 1000,
