@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from benchmarks.predictors import (
     BatchedMlpPredictor,
     MeanColourPredictor,
     MlpPredictor,
+    NoopBatchedPredictor,
     NoopPredictor,
 )
 from benchmarks.subprocesses import (
@@ -28,6 +31,7 @@ from benchmarks.subprocesses import (
     peak_rss_mb,
     wall_time,
 )
+from igata_core.components import Envelope, Item, Source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +91,93 @@ def engine_overhead(ctx: BenchContext) -> list[Measurement]:
             igata=samples.pop("igata"),
             baselines=samples,
             target="close to the plain loop (the engine adds little per record)",
+        )
+    ]
+
+
+class _RecordsSource(Source):
+    """``n`` in-memory records, one per envelope: nothing to read or decode."""
+
+    name = "bench-records"
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def envelopes(self) -> Iterator[Envelope]:
+        for i in range(self.n):
+            yield Envelope(f"record-{i}", [Item(f"id-{i}", data=i)])
+
+
+@benchmark("core", "engine cost per record: in-memory records -> no-op batched model -> null")
+def engine_cost(ctx: BenchContext) -> list[Measurement]:
+    """What the engine itself costs a record, with every delivery rule in force (ack after
+    flush, per-record failure isolation, bounded prefetch): the records need no loading,
+    the model does nothing, the sink keeps nothing."""
+    from igata_core.plugins import build_registry
+    from igata_core.testing import run_pipeline
+
+    n, batch_size = 5000, 32
+    registry = build_registry()
+    records = list(range(n))
+
+    def igata() -> float:
+        started = time.perf_counter()
+        result = run_pipeline(
+            _RecordsSource(n), "null", NoopBatchedPredictor, registry=registry, environ={},
+            batch_size=batch_size,
+        )  # fmt: skip
+        elapsed = time.perf_counter() - started
+        if result.exit_code != 0 or result.summary["succeeded"] != n:
+            raise RuntimeError(f"benchmark run went wrong: {result.summary}")
+        return elapsed / n * 1e6
+
+    def threads() -> float:
+        # The same three stages as threads joined by queue.Queue, with none of the engine's
+        # rules: a producer, the model by batches on this thread, a writer that drops.
+        started = time.perf_counter()
+        model = NoopBatchedPredictor()
+        taken: queue.Queue[int | None] = queue.Queue(64)
+        written: queue.Queue[list[Any] | None] = queue.Queue(64)
+
+        def produce() -> None:
+            for record in records:
+                taken.put(record)
+            taken.put(None)
+
+        def write() -> None:
+            while written.get() is not None:
+                pass
+
+        workers = [threading.Thread(target=produce), threading.Thread(target=write)]
+        for worker in workers:
+            worker.start()
+        batch: list[int] = []
+        while (record := taken.get()) is not None:
+            batch.append(record)
+            if len(batch) == batch_size:
+                written.put(model.predict_batch(batch, [{}] * len(batch)))
+                batch = []
+        if batch:
+            written.put(model.predict_batch(batch, [{}] * len(batch)))
+        written.put(None)
+        for worker in workers:
+            worker.join()
+        return (time.perf_counter() - started) / n * 1e6
+
+    samples = ctx.repeat_interleaved(
+        {"igata": igata, "producer, model and writer threads with queue.Queue": threads},
+        warmup=1,
+    )
+    return [
+        Measurement(
+            title=f"engine cost per record: {n:,} in-memory records, no-op batched model "
+            f"({batch_size}), null sink",
+            unit="µs per record",
+            igata=samples.pop("igata"),
+            baselines=samples,
+            higher_is_better=False,
+            target="<= 50 µs per record (issue 14)",
         )
     ]
 

@@ -14,6 +14,13 @@ class NoopPredictor(PredictorBase):
         return {"ok": True}
 
 
+class NoopBatchedPredictor(PredictorBase):
+    """Does nothing with a batch: one call per batch, as a model on a GPU is called."""
+
+    def predict_batch(self, inputs: list[Any], metas: list[dict[str, Any]]) -> list[Any]:
+        return [{"ok": True}] * len(inputs)
+
+
 class MlpPredictor(PredictorBase):
     """A small two-layer perceptron over the flattened RGB image, one record per call.
 
