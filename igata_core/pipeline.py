@@ -612,10 +612,15 @@ class Pipeline:
                 self._accept(envelope)
                 if self._stopping.is_set():
                     break
-                # A failing sink pauses intake; in-flight messages stay leased.
-                while not (self._sink_ok.wait(0.5) and self._input_ok.is_set()):
+                # A failing sink pauses intake; in-flight messages stay leased. (is_set()
+                # first: Event.wait takes a lock even when the event is set.)
+                while not (self._sink_ok.is_set() and self._input_ok.is_set()):
                     if self._abort.is_set():
                         return
+                    if not self._sink_ok.is_set():
+                        self._sink_ok.wait(0.5)
+                    else:  # the input store is down: the load threads' retries see it back
+                        self._abort.wait(0.05)
         except _Aborted:
             pass
         except ConfigurationError as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import math
 import sys
@@ -82,9 +83,24 @@ def dumps(record: Any, **kwargs: Any) -> str:
         raise NotSerializable(_where(record) + str(exc)) from exc
 
 
+@functools.lru_cache(maxsize=32)
+def _encoder(options: tuple[tuple[str, Any], ...]) -> json.JSONEncoder:
+    # One encoder per set of options: json.dumps builds a new one at every call that passes
+    # any option, which costs about as much as encoding a small record.
+    return json.JSONEncoder(default=to_jsonable, allow_nan=False, **dict(options))
+
+
+def _encode(value: Any, kwargs: dict[str, Any]) -> str:
+    try:
+        encoder = _encoder(tuple(sorted(kwargs.items())))
+    except TypeError:  # an option value that is not hashable
+        return json.dumps(value, default=to_jsonable, allow_nan=False, **kwargs)
+    return encoder.encode(value)
+
+
 def _dumps(value: Any, **kwargs: Any) -> str:
     try:
-        return json.dumps(value, default=to_jsonable, allow_nan=False, **kwargs)
+        return _encode(value, kwargs)
     except NotSerializable:
         raise
     except TypeError:
@@ -92,7 +108,7 @@ def _dumps(value: Any, **kwargs: Any) -> str:
         # ids) and the like are turned into their JSON form and the record tried again.
         try:
             plain = _plain_keys(value)
-            return json.dumps(plain, default=to_jsonable, allow_nan=False, **kwargs)
+            return _encode(plain, kwargs)
         except NotSerializable:
             raise
         except (TypeError, ValueError) as exc:
