@@ -401,6 +401,7 @@ class Pipeline:
         self._ready = _Handoff()
         self._loads_closed = False
         self._loaders: list[threading.Thread] = []  # started by the producer as work waits
+        self._most_loaders = self.settings.concurrency  # lowered when the system refuses one
         processes = self.settings.decode_processes
         self._gate = _LoadGate(
             self.settings.concurrency, least=processes or 1, judge_loads=not processes
@@ -685,14 +686,23 @@ class Pipeline:
         """Start another load thread while more items wait than threads were started, up to
         ``concurrency``: starting one costs a thread switch or two, and fast loads (small
         local files) never need more than one or two of them."""
-        while len(self._loaders) < self.settings.concurrency and len(self._work) > len(
-            self._loaders
-        ):
+        while len(self._loaders) < self._most_loaders and len(self._work) > len(self._loaders):
             # Daemon threads: a load stuck in a loader must not keep an aborted run alive.
             loader = threading.Thread(
                 target=self._load_worker, name=f"igata-load_{len(self._loaders)}", daemon=True
             )
-            loader.start()
+            try:
+                loader.start()
+            except RuntimeError as exc:  # "can't start new thread": a process or memory limit
+                if not self._loaders:
+                    # Nothing would ever load what waits: stop now, unsettled (redelivered).
+                    self._fail_run(f"cannot start a load thread: {exc}", abort=True)
+                    raise _Aborted from exc
+                self._most_loaders = len(self._loaders)
+                log.warning(
+                    "cannot start more load threads (%s); going on with %d", exc, len(self._loaders)
+                )
+                return
             self._loaders.append(loader)
 
     # -- load threads ----------------------------------------------------------------------

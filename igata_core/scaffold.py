@@ -192,7 +192,6 @@ write in ``flush``, key every write by ``igata_id``) and replace the methods of 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -278,6 +277,8 @@ class __CLASS__Sink(Sink):
 
 def _key(identity: str) -> str:
     # igata_ids are often URIs (slashes, colons) and may be longer than a file name.
+    import hashlib  # here: every igata command imports the plugin module
+
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:40]
 
 

@@ -511,3 +511,49 @@ def test_slow_loads_are_spread_over_concurrency_threads(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0 and result.summary["written"] == 24, result.summary
     assert noted.threads == {f"igata-load_{i}" for i in range(4)}
+
+
+def _refusing_load_threads(after: int) -> Any:
+    """``threading.Thread.start`` that refuses load threads after ``after`` of them, as a
+    process limit does ("can't start new thread")."""
+    original = threading.Thread.start
+    started: list[str] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("igata-load"):
+            if len(started) >= after:
+                raise RuntimeError("can't start new thread")
+            started.append(self.name)
+        original(self)
+
+    return start
+
+
+def test_no_load_thread_can_start_stops_the_run_at_once_unsettled(tmp_path, monkeypatch):
+    paths = write_images(tmp_path, 3)
+    source = ListSource(_uri_envelopes(paths))
+    monkeypatch.setattr(threading.Thread, "start", _refusing_load_threads(0))
+    started = time.monotonic()
+    result = run(source, RecordingSink(), ShapePredictor)
+    assert time.monotonic() - started < 5  # not a worker that hangs with nothing loading
+    assert result.exit_code == 3, result.summary
+    assert "cannot start a load thread" in result.summary["reason"]
+    assert source.acked == [] and source.nacked == []  # redelivered, not failed
+
+
+def test_a_refused_second_load_thread_leaves_the_run_to_the_first(tmp_path, monkeypatch):
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 12)
+    faulty = FaultyLoader(FileLoader(), slow=0.02)  # items wait: more threads are wanted
+    noted = _ThreadNoting(faulty)
+    source = ListSource(_uri_envelopes(paths))
+    monkeypatch.setattr(threading.Thread, "start", _refusing_load_threads(1))
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
+        concurrency=4,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.summary["written"] == 12, result.summary
+    assert noted.threads == {"igata-load_0"}
+    assert sorted(source.acked) == sorted(str(p) for p in paths)
