@@ -468,7 +468,7 @@ class _ThreadNoting:
         faulty.load = load
 
 
-def test_a_single_input_is_loaded_without_starting_every_load_thread(tmp_path):
+def test_a_single_input_is_loaded_without_starting_every_load_thread(tmp_path, monkeypatch):
     # Load threads start as items wait for them: a run over one file starts one.
     from igata_core.builtins.files import FileLoader
     from igata_core.testing.faults import FaultyLoader, registry_with
@@ -476,24 +476,13 @@ def test_a_single_input_is_loaded_without_starting_every_load_thread(tmp_path):
     paths = write_images(tmp_path, 1)
     faulty = FaultyLoader(FileLoader())
     noted = _ThreadNoting(faulty)
-    started: list[int] = []
-    original = threading.Thread.start
-
-    def counting_start(self: threading.Thread) -> None:
-        if self.name.startswith("igata-load"):
-            started.append(1)
-        original(self)
-
-    threading.Thread.start = counting_start  # type: ignore[method-assign]
-    try:
-        result = run_pipeline(
-            ListSource(_uri_envelopes(paths)), RecordingSink(), ShapePredictor,
-            registry=registry_with(faulty.as_class()), concurrency=8,
-        )  # fmt: skip
-    finally:
-        threading.Thread.start = original  # type: ignore[method-assign]
+    started = _load_thread_starts(monkeypatch)
+    result = run_pipeline(
+        ListSource(_uri_envelopes(paths)), RecordingSink(), ShapePredictor,
+        registry=registry_with(faulty.as_class()), concurrency=8,
+    )  # fmt: skip
     assert result.exit_code == 0, result.summary
-    assert len(started) == 1 and len(noted.threads) == 1
+    assert started == ["igata-load_0"] and noted.threads == {"igata-load_0"}
 
 
 def test_slow_loads_are_spread_over_concurrency_threads(tmp_path):
@@ -513,26 +502,27 @@ def test_slow_loads_are_spread_over_concurrency_threads(tmp_path):
     assert noted.threads == {f"igata-load_{i}" for i in range(4)}
 
 
-def _refusing_load_threads(after: int) -> Any:
-    """``threading.Thread.start`` that refuses load threads after ``after`` of them, as a
+def _load_thread_starts(monkeypatch: Any, refuse_after: float = float("inf")) -> list[str]:
+    """Note the load threads started; refuse those after ``refuse_after`` of them, as a
     process limit does ("can't start new thread")."""
     original = threading.Thread.start
     started: list[str] = []
 
     def start(self: threading.Thread) -> None:
         if self.name.startswith("igata-load"):
-            if len(started) >= after:
+            if len(started) >= refuse_after:
                 raise RuntimeError("can't start new thread")
             started.append(self.name)
         original(self)
 
-    return start
+    monkeypatch.setattr(threading.Thread, "start", start)
+    return started
 
 
 def test_no_load_thread_can_start_stops_the_run_at_once_unsettled(tmp_path, monkeypatch):
     paths = write_images(tmp_path, 3)
     source = ListSource(_uri_envelopes(paths))
-    monkeypatch.setattr(threading.Thread, "start", _refusing_load_threads(0))
+    _load_thread_starts(monkeypatch, refuse_after=0)
     started = time.monotonic()
     result = run(source, RecordingSink(), ShapePredictor)
     assert time.monotonic() - started < 5  # not a worker that hangs with nothing loading
@@ -549,7 +539,7 @@ def test_a_refused_second_load_thread_leaves_the_run_to_the_first(tmp_path, monk
     faulty = FaultyLoader(FileLoader(), slow=0.02)  # items wait: more threads are wanted
     noted = _ThreadNoting(faulty)
     source = ListSource(_uri_envelopes(paths))
-    monkeypatch.setattr(threading.Thread, "start", _refusing_load_threads(1))
+    _load_thread_starts(monkeypatch, refuse_after=1)
     result = run_pipeline(
         source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
         concurrency=4,

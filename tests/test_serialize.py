@@ -198,3 +198,15 @@ def test_text_value(value, expected):
 def test_text_value_refuses(value):
     with pytest.raises(NotSerializable):
         text_value(value)
+
+
+def test_dumps_options_give_what_json_dumps_gives_hashable_or_not():
+    # Encoders are kept per set of options; an unhashable option value (a list) is passed
+    # to json.dumps as it is.
+    record = {"b": [1, 2.5, None], "a": "é"}
+    optionses: list[dict] = [
+        {}, {"ensure_ascii": False}, {"sort_keys": True}, {"separators": [",", ":"]},
+        {"separators": (",", ":"), "sort_keys": True},
+    ]  # fmt: skip
+    for options in optionses:
+        assert dumps(record, **options) == json.dumps(record, **options), options

@@ -30,6 +30,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -358,8 +359,6 @@ class _Senders:
     def map(self, function: Callable[[Any], _Outcome], arguments: list[Any]) -> list[_Outcome]:
         if len(arguments) == 1:
             return [function(arguments[0])]
-        from concurrent.futures import Future  # here: most runs have no sqs sink
-
         futures: list[Future[_Outcome]] = []
         for argument in arguments:
             future: Future[_Outcome] = Future()

@@ -13,12 +13,14 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from igata_core import Loaded, Loader, Option, RecordError, RunContext
+from igata_http.hosts import HostAllowList, NotAllowed
 
 if TYPE_CHECKING:
     import urllib.request
 
-# igata_http.transport (urllib.request, http.client, ssl: ~12 ms) is imported when a loader
-# is made, not when the plugin registers: every `igata` command registers it.
+# igata_http.transport (urllib.request, http.client, ssl: ~12 ms) is imported by the first
+# load, not when the plugin registers (every `igata` command) or the loader is built (every
+# run, to check its options).
 
 _CHUNK = 64 * 1024
 
@@ -62,8 +64,6 @@ class HttpLoader(Loader):
 
     def __init__(self, options: Any = None, context: RunContext | None = None):
         super().__init__(options, context)
-        from igata_http.hosts import HostAllowList
-
         # Parsed here so that a malformed entry is reported with the other option problems.
         self.allow = HostAllowList(
             self.opts["allowed_hosts"],
@@ -79,7 +79,6 @@ class HttpLoader(Loader):
         return opener(self.opts["read_timeout"], self.allow)
 
     def load(self, uri: str) -> Loaded:
-        from igata_http.hosts import NotAllowed
         from igata_http.transport import backoff_delay, describe, is_transient
 
         try:
@@ -129,8 +128,8 @@ class HttpLoader(Loader):
         return Loaded(b"".join(chunks), meta)
 
     def _request(self, uri: str) -> urllib.request.Request:
-        # identity: the size limit applies to what is on the wire and what is returned.
-        headers = {"User-Agent": self.opts["user_agent"], "Accept-Encoding": "identity"}
         import urllib.request
 
+        # identity: the size limit applies to what is on the wire and what is returned.
+        headers = {"User-Agent": self.opts["user_agent"], "Accept-Encoding": "identity"}
         return urllib.request.Request(uri, headers=headers, method="GET")
