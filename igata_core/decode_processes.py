@@ -115,6 +115,14 @@ class _SharedFile:
                 os.unlink(self.path)
 
 
+def _fetch(reader: InputReader, item: Item) -> Callable[[], tuple[Any, dict[str, Any]]]:
+    """``reader.fetch(item)``, or a function that raises its load failure."""
+    try:
+        return reader.fetch(item)
+    except Exception as exc:
+        return _raiser(exc)
+
+
 def _read_run(
     items: Sequence[Item], directory: str, prefix: str
 ) -> tuple[str | None, list[_Outcome]]:
@@ -123,9 +131,10 @@ def _read_run(
     shared = _SharedFile(directory, prefix)
     outcomes: list[_Outcome] = []
     try:
-        for item in items:
+        # Every item loaded, then each decoded (see InputReader.fetch).
+        for fetched in [_fetch(_reader, item) for item in items]:
             try:
-                value, meta = _reader.read(item)
+                value, meta = fetched()
             except StageError as exc:
                 outcomes.append(("error", exc.stage, _portable(exc.cause)))
                 continue

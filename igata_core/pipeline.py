@@ -745,6 +745,20 @@ class Pipeline:
             except BaseException as exc:  # fatal in a decode process (SystemExit...)
                 self._fatal(exc, f"decoding {_input_ref(run[0].ticket.envelope, run[0].item)}")
                 return False
+        else:
+            # Load the whole run, then decode it (see InputReader.fetch for why).
+            for index, work in enumerate(run):
+                if self._abort.is_set():
+                    return False
+                try:
+                    firsts[index] = self.reader.fetch(work.item)
+                except StageError as exc:
+                    firsts[index] = _raises(exc)
+                except Exception as exc:
+                    firsts[index] = _raises(StageError("load", exc))
+                except BaseException as exc:  # fatal: stops the run
+                    self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")
+                    return False
         for work, first in zip(run, firsts, strict=True):
             if self._abort.is_set():
                 return False

@@ -28,7 +28,7 @@ from helpers_core import (
     write_images,
 )
 
-from igata_core import Envelope, Item, Loaded, Loader, PredictorBase, hookimpl
+from igata_core import Decoder, Envelope, Item, Loaded, Loader, PredictorBase, hookimpl
 from igata_core.testing import run_pipeline
 
 
@@ -500,6 +500,65 @@ def test_slow_loads_are_spread_over_concurrency_threads(tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0 and result.summary["written"] == 24, result.summary
     assert noted.threads == {f"igata-load_{i}" for i in range(4)}
+
+
+class _NotedLoader(Loader):
+    name = "noted"
+    schemes = ("noted",)
+    events: ClassVar[list[tuple[str, str]]] = []
+
+    def load(self, uri: str) -> Loaded:
+        _NotedLoader.events.append(("load", uri))
+        return Loaded(uri.encode())
+
+
+class _NotedDecoder(Decoder):
+    name = "noted"
+
+    def decode(self, data: bytes, ref: str) -> Any:
+        _NotedLoader.events.append(("decode", ref))
+        return data
+
+
+def test_a_load_thread_loads_its_run_of_items_then_decodes_them():
+    # With other threads wanting the interpreter lock, a run of loads then a run of
+    # decodes hands the lock over less often than loading and decoding in turn.
+    @hookimpl
+    def register_loaders(register: Any) -> None:
+        register(_NotedLoader)
+
+    @hookimpl
+    def register_decoders(register: Any) -> None:
+        register(_NotedDecoder)
+
+    _NotedLoader.events = []
+    uris = [f"noted://{i}" for i in range(40)]
+    items = [Item(uri, uri=uri, decoder="noted") for uri in uris]
+    plugin = types.SimpleNamespace(
+        register_loaders=register_loaders, register_decoders=register_decoders
+    )
+    result = run_pipeline(
+        ListSource([Envelope("e", items)]), RecordingSink(), EchoPredictor,
+        registry=core_registry([("noted", plugin)]), environ={}, concurrency=1, batch_size=8,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.summary["written"] == 40, result.summary
+    events = _NotedLoader.events
+    # One load thread: the events are runs of loads, each followed by the same items'
+    # decodes in the same order.
+    runs: list[list[str]] = []
+    at = 0
+    while at < len(events):
+        loads = []
+        while at < len(events) and events[at][0] == "load":
+            loads.append(events[at][1])
+            at += 1
+        decodes = [uri for _, uri in events[at : at + len(loads)]]
+        assert loads and decodes == loads, events
+        assert all(kind == "decode" for kind, _ in events[at : at + len(loads)]), events
+        at += len(loads)
+        runs.append(loads)
+    assert sorted(uri for run in runs for uri in run) == sorted(uris)
+    assert max(len(run) for run in runs) > 1, "each item loaded and decoded in turn"
 
 
 def _load_thread_starts(monkeypatch: Any, refuse_after: float = float("inf")) -> list[str]:

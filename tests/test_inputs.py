@@ -209,6 +209,32 @@ def test_a_decoder_failure_is_a_decode_error_keeping_its_cause():
     assert str(error).startswith("mem://store/x.json: invalid JSON")
 
 
+def test_fetch_loads_now_and_decodes_when_called():
+    # The engine loads a run of items, then decodes them: fetch() is the load alone.
+    reader = make_reader(**{"x.json": b"{", "y.json": b'{"v": 1}'})
+    loads: list[str] = []
+    original = MemoryLoader.load
+
+    def noting(self: MemoryLoader, uri: str) -> Loaded:
+        loads.append(uri)
+        return original(self, uri)
+
+    MemoryLoader.load = noting  # type: ignore[method-assign]
+    try:
+        bad = reader.fetch(Item("i", uri="mem://store/x.json"))
+        good = reader.fetch(Item("j", uri="mem://store/y.json", meta={"k": 1}))
+        assert loads == ["mem://store/x.json", "mem://store/y.json"]
+        with pytest.raises(StageError) as raised:  # decoding fails only when called
+            bad()
+        assert raised.value.stage == "decode"
+        assert good() == ({"v": 1}, {"size": 8, "origin": "loader", "k": 1})
+        with pytest.raises(StageError) as raised:  # a load failure is raised by fetch itself
+            reader.fetch(Item("k", uri="mem://store/gone.json"))
+        assert raised.value.stage == "load"
+    finally:
+        MemoryLoader.load = original  # type: ignore[method-assign]
+
+
 # -- gzip ------------------------------------------------------------------------------------------
 
 
