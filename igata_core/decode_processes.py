@@ -25,13 +25,13 @@ import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from igata_core.components import Item, RecordError
-from igata_core.inputs import InputReader, StageError
+from igata_core.inputs import FETCH_RUN_BYTES, InputReader, StageError
 
 log = logging.getLogger("igata.decode")
 
@@ -115,12 +115,26 @@ class _SharedFile:
                 os.unlink(self.path)
 
 
-def _fetch(reader: InputReader, item: Item) -> Callable[[], tuple[Any, dict[str, Any]]]:
-    """``reader.fetch(item)``, or a function that raises its load failure."""
-    try:
-        return reader.fetch(item)
-    except Exception as exc:
-        return _raiser(exc)
+def _fetched_runs(
+    reader: InputReader, items: Sequence[Item]
+) -> Iterator[list[Callable[[], tuple[Any, dict[str, Any]]]]]:
+    """``items`` loaded in runs of at most FETCH_RUN_BYTES (see InputReader.fetch): for
+    each, what decodes it or raises its load failure."""
+    run: list[Callable[[], tuple[Any, dict[str, Any]]]] = []
+    held = 0
+    for item in items:
+        try:
+            fetched = reader.fetch(item)
+        except Exception as exc:
+            run.append(_raiser(exc))
+        else:
+            run.append(fetched)
+            held += fetched.size
+        if held >= FETCH_RUN_BYTES:
+            yield run
+            run, held = [], 0
+    if run:
+        yield run
 
 
 def _read_run(
@@ -131,17 +145,17 @@ def _read_run(
     shared = _SharedFile(directory, prefix)
     outcomes: list[_Outcome] = []
     try:
-        # Every item loaded, then each decoded (see InputReader.fetch).
-        for fetched in [_fetch(_reader, item) for item in items]:
-            try:
-                value, meta = fetched()
-            except StageError as exc:
-                outcomes.append(("error", exc.stage, _portable(exc.cause)))
-                continue
-            except Exception as exc:  # a loader bug: that record's error, as in a thread
-                outcomes.append(("error", "load", _portable(exc)))
-                continue
-            outcomes.append(_pack(value, meta, shared))
+        for run in _fetched_runs(_reader, items):
+            for fetched in run:
+                try:
+                    value, meta = fetched()
+                except StageError as exc:
+                    outcomes.append(("error", exc.stage, _portable(exc.cause)))
+                    continue
+                except Exception as exc:  # a loader bug: that record's error, as in a thread
+                    outcomes.append(("error", "load", _portable(exc)))
+                    continue
+                outcomes.append(_pack(value, meta, shared))
     except BaseException:
         shared.discard()
         raise

@@ -45,7 +45,7 @@ from igata_core.components import (
     Sink,
     Source,
 )
-from igata_core.inputs import InputReader, StageError
+from igata_core.inputs import FETCH_RUN_BYTES, InputReader, StageError
 from igata_core.metrics import Health, Metrics
 from igata_core.predictor import (
     PredictorBase,
@@ -708,6 +708,17 @@ class Pipeline:
     # -- load threads ----------------------------------------------------------------------
 
     def _load_worker(self) -> None:
+        try:
+            self._load_loop()
+        except Exception as exc:
+            # Not a loader's (its errors are the record's): a bug. A dead load thread would
+            # leave the items it took unloaded and the run waiting for them for ever.
+            log.error("a load thread failed", exc_info=True)
+            self._fatal(exc, "the engine's load thread")
+        except BaseException as exc:  # fatal: stops the run
+            self._fatal(exc, "the engine's load thread")
+
+    def _load_loop(self) -> None:
         """Load runs of items and hand each run's results to the predictor in one go.
 
         A run is at most this thread's share of the items waiting (so slow loads are still
@@ -735,7 +746,6 @@ class Pipeline:
     def _load_run(self, run: list[_Work]) -> bool:
         """Load ``run`` and hand the results over; False when the run was aborted."""
         loaded: list[_Work | _Failure] = []
-        firsts: list[Any] = [None] * len(run)
         if self._processes is not None:
             # The whole run in one round trip to a decode process.
             try:
@@ -745,28 +755,57 @@ class Pipeline:
             except BaseException as exc:  # fatal in a decode process (SystemExit...)
                 self._fatal(exc, f"decoding {_input_ref(run[0].ticket.envelope, run[0].item)}")
                 return False
+            if not self._decode_run(run, firsts, loaded):
+                return False
         else:
-            # Load the whole run, then decode it (see InputReader.fetch for why).
-            for index, work in enumerate(run):
-                if self._abort.is_set():
+            # Load items, then decode them (see InputReader.fetch for why), in runs that
+            # hold at most FETCH_RUN_BYTES of loaded data.
+            start = 0
+            while start < len(run):
+                fetched = self._fetch_run(run, start)
+                if fetched is None or not self._decode_run(run[start:], fetched, loaded):
                     return False
-                try:
-                    firsts[index] = self.reader.fetch(work.item)
-                except StageError as exc:
-                    firsts[index] = _raises(exc)
-                except Exception as exc:
-                    firsts[index] = _raises(StageError("load", exc))
-                except BaseException as exc:  # fatal: stops the run
-                    self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")
-                    return False
-        for work, first in zip(run, firsts, strict=True):
+                start += len(fetched)
+        if loaded:
+            self._ready.put(loaded)
+        return True
+
+    def _fetch_run(self, run: list[_Work], start: int) -> list[Callable[[], Any]] | None:
+        """Load items of ``run`` from ``start`` on, while less than FETCH_RUN_BYTES wait to
+        be decoded; for each, what decodes it or raises its failure. None when the run is
+        stopped instead."""
+        fetched: list[Callable[[], Any]] = []
+        held = 0
+        for work in run[start:]:
+            if self._abort.is_set():
+                return None
+            try:
+                one = self.reader.fetch(work.item)
+            except StageError as exc:
+                fetched.append(_raises(exc))
+            except Exception as exc:
+                fetched.append(_raises(StageError("load", exc)))
+            except BaseException as exc:  # fatal: stops the run
+                self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")
+                return None
+            else:
+                fetched.append(one)
+                held += one.size
+                if held >= FETCH_RUN_BYTES:
+                    break
+        return fetched
+
+    def _decode_run(
+        self, run: list[_Work], firsts: list[Callable[[], Any]], loaded: list[_Work | _Failure]
+    ) -> bool:
+        """Decode (or, for decode processes, unpack) ``firsts``, the outcomes of reading
+        the first items of ``run``, onto ``loaded``; False when the run was aborted."""
+        for work, first in zip(run, firsts, strict=False):
             if self._abort.is_set():
                 return False
             entry = self._load(work, first)
             if entry is not None:
                 loaded.append(entry)
-        if loaded:
-            self._ready.put(loaded)
         return True
 
     def _stop_loaders(self, wait: bool) -> None:

@@ -509,7 +509,7 @@ class _NotedLoader(Loader):
 
     def load(self, uri: str) -> Loaded:
         _NotedLoader.events.append(("load", uri))
-        return Loaded(uri.encode())
+        return Loaded(b"four")
 
 
 class _NotedDecoder(Decoder):
@@ -520,45 +520,59 @@ class _NotedDecoder(Decoder):
         return data
 
 
-def test_a_load_thread_loads_its_run_of_items_then_decodes_them():
-    # With other threads wanting the interpreter lock, a run of loads then a run of
-    # decodes hands the lock over less often than loading and decoding in turn.
-    @hookimpl
-    def register_loaders(register: Any) -> None:
-        register(_NotedLoader)
+@hookimpl
+def _register_noted_loader(register: Any) -> None:
+    register(_NotedLoader)
 
-    @hookimpl
-    def register_decoders(register: Any) -> None:
-        register(_NotedDecoder)
 
+@hookimpl
+def _register_noted_decoder(register: Any) -> None:
+    register(_NotedDecoder)
+
+
+def _noted_runs(count: int) -> list[list[str]]:
+    """Run ``count`` items through one load thread; the runs of loads it made, checking
+    that each run of loads is followed by the same items' decodes, in the same order."""
     _NotedLoader.events = []
-    uris = [f"noted://{i}" for i in range(40)]
+    uris = [f"noted://{i}" for i in range(count)]
     items = [Item(uri, uri=uri, decoder="noted") for uri in uris]
     plugin = types.SimpleNamespace(
-        register_loaders=register_loaders, register_decoders=register_decoders
+        register_loaders=_register_noted_loader, register_decoders=_register_noted_decoder
     )
     result = run_pipeline(
         ListSource([Envelope("e", items)]), RecordingSink(), EchoPredictor,
         registry=core_registry([("noted", plugin)]), environ={}, concurrency=1, batch_size=8,
     )  # fmt: skip
-    assert result.exit_code == 0 and result.summary["written"] == 40, result.summary
-    events = _NotedLoader.events
-    # One load thread: the events are runs of loads, each followed by the same items'
-    # decodes in the same order.
-    runs: list[list[str]] = []
-    at = 0
+    assert result.exit_code == 0 and result.summary["written"] == count, result.summary
+    events, runs, at = _NotedLoader.events, [], 0
     while at < len(events):
         loads = []
         while at < len(events) and events[at][0] == "load":
             loads.append(events[at][1])
             at += 1
-        decodes = [uri for _, uri in events[at : at + len(loads)]]
-        assert loads and decodes == loads, events
-        assert all(kind == "decode" for kind, _ in events[at : at + len(loads)]), events
+        decodes = events[at : at + len(loads)]
+        assert loads and decodes == [("decode", uri) for uri in loads], events
         at += len(loads)
         runs.append(loads)
     assert sorted(uri for run in runs for uri in run) == sorted(uris)
+    return runs
+
+
+def test_a_load_thread_loads_its_run_of_items_then_decodes_them():
+    # With other threads wanting the interpreter lock, a run of loads then a run of
+    # decodes hands the lock over less often than loading and decoding in turn.
+    runs = _noted_runs(40)
     assert max(len(run) for run in runs) > 1, "each item loaded and decoded in turn"
+
+
+def test_a_run_of_loads_holds_a_bounded_number_of_bytes_before_decoding(monkeypatch):
+    # Large files are not all held at once: a run stops loading at FETCH_RUN_BYTES (each
+    # item here is 4 bytes: runs of 3 for a bound of 10).
+    from igata_core import pipeline
+
+    monkeypatch.setattr(pipeline, "FETCH_RUN_BYTES", 10)
+    runs = _noted_runs(40)
+    assert max(len(run) for run in runs) == 3, runs
 
 
 def _load_thread_starts(monkeypatch: Any, refuse_after: float = float("inf")) -> list[str]:

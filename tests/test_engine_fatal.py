@@ -107,6 +107,23 @@ def test_keyboard_interrupt_from_predict_batch_ends_a_finite_run() -> None:
     assert source.acked == [] and source.nacked == []
 
 
+def test_a_bug_in_a_load_thread_stops_the_run_instead_of_hanging(monkeypatch) -> None:
+    # A load thread that died would leave the items it took unloaded, and the run waiting.
+    def broken(self: Pipeline, run: Any) -> bool:
+        raise AttributeError("an engine bug")
+
+    monkeypatch.setattr(Pipeline, "_load_run", broken)
+    source = ReleasingSource(data_envelopes(["a", "b", "c"]))
+    result, seconds = timed(lambda: run(source, RecordingSink(), EchoPredictor))
+    assert seconds < 10
+    assert result.exit_code == EXIT_FATAL
+    assert (
+        "fatal error in the engine's load thread: AttributeError: an engine bug"
+        in (result.summary["reason"])
+    )
+    assert source.acked == [] and sorted(source.released) == ["env-0", "env-1", "env-2"]
+
+
 class ExitingLoader(Loader):
     name = "exiting"
     schemes = ("exiting",)

@@ -235,6 +235,22 @@ def test_fetch_loads_now_and_decodes_when_called():
         MemoryLoader.load = original  # type: ignore[method-assign]
 
 
+def test_a_decode_process_loads_in_runs_bounded_by_bytes(monkeypatch):
+    from igata_core import decode_processes
+
+    monkeypatch.setattr(decode_processes, "FETCH_RUN_BYTES", 10)
+    reader = make_reader(**{"a": b"1234", "b": b"1234", "c": b"1234", "d": b"1234"})
+    items = [Item(k, uri=f"mem://store/{k}", decoder="raw") for k in "abxcd"]
+    runs = list(decode_processes._fetched_runs(reader, items))
+    # 4 + 4 + 0 (x: a load failure, nothing held) + 4 = 12 >= 10: the first run ends at c.
+    assert [len(run) for run in runs] == [4, 1]
+    assert [run[0]()[0] for run in runs] == [b"1234", b"1234"]
+    with pytest.raises(StageError) as raised:
+        runs[0][2]()
+    assert raised.value.stage == "load"
+    assert reader.fetch(items[0]).size == 4
+
+
 # -- gzip ------------------------------------------------------------------------------------------
 
 
