@@ -127,35 +127,48 @@ class RunSummary:
         }
 
 
-@dataclass(eq=False)
+# The engine's own records of an item on its way: plain classes with slots, not dataclasses
+# (each dataclass costs about 0.4 ms at import, paid by every start-up, and slots make
+# the per-record objects cheaper to build and read).
+
+
 class _Ticket:
     """Ack bookkeeping of one envelope: records not yet resolved, and whether any failed."""
 
-    envelope: Envelope
-    pending: int
-    failed: bool = False
+    __slots__ = ("envelope", "failed", "pending")
+
+    def __init__(self, envelope: Envelope, pending: int) -> None:
+        self.envelope = envelope
+        self.pending = pending
+        self.failed = False
 
 
-@dataclass
 class _Work:
     """An item on its way through the engine."""
 
-    ticket: _Ticket
-    item: Item
-    input: Any = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("input", "item", "meta", "ticket")
+
+    def __init__(self, ticket: _Ticket, item: Item) -> None:
+        self.ticket = ticket
+        self.item = item
+        self.input: Any = None
+        self.meta: dict[str, Any] = {}
 
 
-@dataclass
 class _Result:
-    ticket: _Ticket
-    record: dict[str, Any]
+    __slots__ = ("record", "ticket")
+
+    def __init__(self, ticket: _Ticket, record: dict[str, Any]) -> None:
+        self.ticket = ticket
+        self.record = record
 
 
-@dataclass
 class _Failure:
-    ticket: _Ticket
-    outcome: ErrorOutcome
+    __slots__ = ("outcome", "ticket")
+
+    def __init__(self, ticket: _Ticket, outcome: ErrorOutcome) -> None:
+        self.ticket = ticket
+        self.outcome = outcome
 
 
 _DONE = object()
