@@ -858,6 +858,10 @@ class Pipeline:
                                    exit_code=EXIT_USAGE)  # fmt: skip
                     return None
                 if not isinstance(exc.cause, ServiceUnavailable):
+                    # The store answered (this record is bad): if intake was paused for
+                    # an outage, it resumes, or it would wait for a load that never comes.
+                    if not self._input_ok.is_set():
+                        self._input_ok.set()
                     return self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
                 # The input store is down, not this record: failing it would burn its
                 # receive count. Pause intake and retry; past the budget, stop unsettled.
@@ -879,6 +883,8 @@ class Pipeline:
                 # Short cap: the store coming back should be noticed within seconds.
                 delay = min(delay * 2, 2.0)
             except Exception as exc:
+                if not self._input_ok.is_set():
+                    self._input_ok.set()
                 return self._outcome(work.ticket, work.item, "load", exc, work)
             except BaseException as exc:  # fatal: stops the run
                 self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")

@@ -367,6 +367,26 @@ def test_a_short_input_outage_pauses_and_retries_loads_without_failing_records(t
     assert sorted(source.acked) == sorted(str(p) for p in paths) and source.nacked == []
 
 
+@pytest.mark.timeout(30)
+def test_an_input_outage_that_ends_in_a_record_error_resumes_intake(tmp_path):
+    # The store comes back and answers that this object is missing: that is the record's
+    # error, and the store is up again; intake must not stay paused waiting for it.
+    from igata_core import ServiceUnavailable
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FaultyLoader, registry_with
+
+    paths = [tmp_path / "missing.png", *write_images(tmp_path, 4)]
+    faulty = FaultyLoader(FileLoader(), fail_times=2, exc=ServiceUnavailable("S3 unreachable"))
+    source = ListSource(_uri_envelopes(paths))
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
+        load_retry_budget=10, concurrency=1, prefetch=1,
+    )  # fmt: skip
+    assert result.exit_code == 1, result.summary
+    assert result.summary["failed"] == 1 and result.summary["written"] == 4
+    assert source.nacked == [str(paths[0])]
+
+
 def test_a_long_input_outage_stops_with_exit_3_and_settles_nothing(tmp_path):
     from igata_core import ServiceUnavailable
     from igata_core.builtins.files import FileLoader
