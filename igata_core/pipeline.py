@@ -2,9 +2,12 @@
 
 Threads:
 
-* the *producer* pulls envelopes from the source and submits their items to a thread pool
-  that loads and decodes them; it blocks when the prefetch window is full, so memory is
-  bounded by the window and not by the size of the input;
+* the *producer* pulls envelopes from the source and submits their items to load threads
+  that load and decode them; it blocks when the prefetch window is full, so memory is
+  bounded by the window and not by the size of the input. When the source is finite and
+  its loads are fast (small local files: the load gate has measured that one thread is
+  enough), the producer loads its items itself, a batch at a time, instead of handing
+  them over: one thread fewer wanting the interpreter lock;
 * the *main* thread (the one calling :meth:`Pipeline.run`) runs the predictor in batches,
   so SIGALRM-based predict timeouts work;
 * the *writer* buffers results and error outcomes, calls ``put_records``/``put_errors``
@@ -283,6 +286,7 @@ class _LoadGate:
         self._pause = 0
         self._next_pause = self.PAUSE
         self._first: list[float] | None = []  # seconds per load in the first window
+        self._fast = False  # the first window's loads gained nothing from other threads
 
     def enter(self, timeout: float) -> bool:
         """Take a place among the loading threads; False after ``timeout`` without one, or
@@ -307,6 +311,11 @@ class _LoadGate:
             self._active -= 1
             if self._active < self.limit:
                 self._cond.notify()
+
+    def inline(self) -> bool:
+        """Loads are fast and one thread at a time loads: the thread that takes the input
+        may as well load it."""
+        return self._fast and self.limit == 1
 
     def over(self) -> bool:
         """The limit went down: this thread should give its place up."""
@@ -359,6 +368,8 @@ class _LoadGate:
             self._pause -= 1
             return
         first, self._first = self._first, None
+        if first is not None:
+            self._fast = self._fast_loads(first)
         if self._down and self._fast_loads(first):
             new = self.least  # small local files: one thread alone, at once
         elif self._down:
@@ -415,6 +426,8 @@ class Pipeline:
         self._loads_closed = False
         self._loaders: list[threading.Thread] = []  # started by the producer as work waits
         self._most_loaders = self.settings.concurrency  # lowered when the system refuses one
+        self._pending: list[_Work] = []  # taken, to be loaded by the producer itself
+        self._finite_inline = source.finite and not self.settings.decode_processes
         processes = self.settings.decode_processes
         self._gate = _LoadGate(
             self.settings.concurrency, least=processes or 1, judge_loads=not processes
@@ -650,6 +663,9 @@ class Pipeline:
         except BaseException as exc:  # fatal: stops the run
             self._fatal(exc, f"source {self.source.name!r}")
         finally:
+            if self._pending and not self._abort.is_set():
+                with contextlib.suppress(_Aborted):
+                    self._load_pending()
             self._producer_done.set()
             self._ready.wake()  # the predictor loop need not wait for a full batch any more
 
@@ -680,6 +696,7 @@ class Pipeline:
             if not self._slots.acquire(blocking=False):
                 # The window is full: hand over what this envelope has so far, then wait.
                 self._submit(works)
+                self._load_pending()
                 works = []
                 while not self._slots.acquire(timeout=0.5):
                     if self._abort.is_set():
@@ -688,12 +705,34 @@ class Pipeline:
         self._submit(works)
 
     def _submit(self, works: list[_Work]) -> None:
-        """Hand items to the load threads in one go (one wake-up at most)."""
-        if works:
-            with self._lock:
-                self._in_flight += len(works)
-            self._work.put(works)
-            self._add_loaders()
+        """Hand items to the load threads in one go (one wake-up at most), or keep them to
+        load here in runs (see _inline)."""
+        if not works:
+            return
+        with self._lock:
+            self._in_flight += len(works)
+        if self._inline():
+            self._pending += works
+            if len(self._pending) >= self.settings.batch_size:
+                self._load_pending()
+            return
+        self._load_pending()
+        self._work.put(works)
+        self._add_loaders()
+
+    def _inline(self) -> bool:
+        """Whether the producer loads what it takes itself: a finite source whose loads are
+        fast, with one thread loading at a time (the gate's measure), in this thread."""
+        return self._finite_inline and self._gate.inline()
+
+    def _load_pending(self) -> None:
+        """Load the items kept by _submit, here; raises _Aborted when the run is aborted."""
+        if self._pending:
+            run, self._pending = self._pending, []
+            started = time.thread_time()
+            if not self._load_run(run):
+                raise _Aborted
+            self._gate.loaded(len(run), time.thread_time() - started)
 
     def _add_loaders(self) -> None:
         """Start another load thread while more items wait than threads were started, up to

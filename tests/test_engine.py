@@ -595,6 +595,48 @@ def test_a_run_of_loads_holds_a_bounded_number_of_bytes_before_decoding(monkeypa
     assert max(len(run) for run in runs) == 3, runs
 
 
+def _loading_threads(monkeypatch: Any) -> set[str]:
+    """The names of the threads that load runs of items, noted as the run goes."""
+    from igata_core.pipeline import Pipeline
+
+    threads: set[str] = set()
+    original = Pipeline._load_run
+
+    def noting(self: Pipeline, run: Any) -> bool:
+        threads.add(threading.current_thread().name)
+        return original(self, run)
+
+    monkeypatch.setattr(Pipeline, "_load_run", noting)
+    return threads
+
+
+def test_fast_loads_of_a_finite_source_are_loaded_by_the_producer_itself(tmp_path, monkeypatch):
+    # Small local files: once the gate finds one thread enough, the thread that takes the
+    # input loads it too, in runs, without handing it to a load thread.
+    threads = _loading_threads(monkeypatch)
+    paths = write_images(tmp_path, 300)
+    source = ListSource(_uri_envelopes(paths))
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=core_registry(), environ={},
+        batch_size=16,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.summary["written"] == 300, result.summary
+    assert sorted(source.acked) == sorted(str(p) for p in paths)
+    assert "igata-producer" in threads and "igata-load_0" in threads  # the first loads
+
+
+def test_an_unbounded_source_never_waits_on_its_producer_loading(tmp_path, monkeypatch):
+    # A queue's producer waits for the next message: items it kept to load itself would
+    # wait with it. Its items always go to the load threads.
+    threads = _loading_threads(monkeypatch)
+    paths = write_images(tmp_path, 300)
+    source = ListSource(_uri_envelopes(paths), unbounded=True)
+    pipeline = make_pipeline(source, RecordingSink(), ShapePredictor, batch_size=16)
+    summary, acked_at = run_until(pipeline, lambda: len(source.acked) == 300, timeout=20)
+    assert acked_at is not None, summary
+    assert "igata-producer" not in threads and "igata-load_0" in threads
+
+
 def _load_thread_starts(monkeypatch: Any, refuse_after: float = float("inf")) -> list[str]:
     """Note the load threads started; refuse those after ``refuse_after`` of them, as a
     process limit does ("can't start new thread")."""

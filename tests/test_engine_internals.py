@@ -225,6 +225,19 @@ def test_gate_fast_first_loads_go_straight_to_one():
     assert gate._first is None  # measured in the first window only
 
 
+def test_gate_lets_the_taking_thread_load_only_fast_loads_at_one_thread():
+    gate = _LoadGate(8)
+    assert not gate.inline()  # nothing measured yet
+    _first_window(gate, [gate.FAST_LOAD / 10] * gate.WINDOW)
+    assert gate.limit == 1 and gate.inline()
+    gate.limit = 2  # a trial of two threads: they load, not the thread taking input
+    assert not gate.inline()
+    slow = _LoadGate(8, least=1)
+    _first_window(slow, [slow.FAST_LOAD * 10] * slow.WINDOW)
+    slow.limit = 1  # halved down to one thread, but the loads are slow: threads still load
+    assert not slow.inline()
+
+
 def test_gate_slow_first_loads_halve():
     gate = _LoadGate(8)
     rates = _first_window(gate, [gate.FAST_LOAD * 10] * gate.WINDOW)
