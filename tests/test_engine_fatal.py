@@ -121,7 +121,9 @@ def test_a_bug_in_a_load_thread_stops_the_run_instead_of_hanging(monkeypatch) ->
         "fatal error in the engine's load thread: AttributeError: an engine bug"
         in (result.summary["reason"])
     )
-    assert source.acked == [] and sorted(source.released) == ["env-0", "env-1", "env-2"]
+    # What was taken goes back (what the producer had not taken yet was never held).
+    assert source.acked == [] and source.released
+    assert set(source.released) <= set(source.yielded)
 
 
 class ExitingLoader(Loader):
