@@ -835,6 +835,10 @@ class Pipeline:
                 one = self.reader.fetch(work.item)
             except StageError as exc:
                 fetched.append(_raises(exc))
+                if isinstance(exc.cause, ServiceUnavailable | ConfigurationError):
+                    # The store is down (or refuses us): this item's retries come first,
+                    # before every other item of the run waits out its own failure.
+                    break
             except Exception as exc:
                 fetched.append(_raises(StageError("load", exc)))
             except BaseException as exc:  # fatal: stops the run

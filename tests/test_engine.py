@@ -387,6 +387,26 @@ def test_an_input_outage_that_ends_in_a_record_error_resumes_intake(tmp_path):
     assert source.nacked == [str(paths[0])]
 
 
+def test_an_input_outage_is_retried_on_its_first_item_before_the_rest_of_the_run(tmp_path):
+    # A run loads its items before decoding them; when the store is down, the first
+    # failure's retries come first, not one failed attempt (a timeout) per item of the run.
+    from igata_core import ServiceUnavailable
+    from igata_core.builtins.files import FileLoader
+    from igata_core.testing.faults import FaultyLoader, registry_with
+
+    paths = write_images(tmp_path, 8)
+    faulty = FaultyLoader(FileLoader(), fail_times=3, exc=ServiceUnavailable("S3 unreachable"))
+    items = [Item(str(p), uri=str(p)) for p in paths]
+    source = ListSource([Envelope("all", items)])
+    result = run_pipeline(
+        source, RecordingSink(), ShapePredictor, registry=registry_with(faulty.as_class()),
+        load_retry_budget=10, concurrency=1,
+    )  # fmt: skip
+    assert result.exit_code == 0 and result.summary["written"] == 8, result.summary
+    assert faulty.calls[:4] == [str(paths[0])] * 4, faulty.calls
+    assert sorted(faulty.calls[4:]) == sorted(str(p) for p in paths[1:])
+
+
 def test_a_long_input_outage_stops_with_exit_3_and_settles_nothing(tmp_path):
     from igata_core import ServiceUnavailable
     from igata_core.builtins.files import FileLoader
