@@ -118,8 +118,8 @@ class _SharedFile:
 def _fetched_runs(
     reader: InputReader, items: Sequence[Item]
 ) -> Iterator[list[Callable[[], tuple[Any, dict[str, Any]]]]]:
-    """``items`` loaded in runs of at most FETCH_RUN_BYTES (see InputReader.fetch): for
-    each, what decodes it or raises its load failure."""
+    """``items`` loaded in runs that end once FETCH_RUN_BYTES wait to be decoded (see
+    InputReader.fetch): for each, what decodes it or raises its load failure."""
     run: list[Callable[[], tuple[Any, dict[str, Any]]]] = []
     held = 0
     for item in items:

@@ -101,7 +101,7 @@ class ComponentPool:
             return list(self._instances.values())
 
 
-#: Loaded bytes a run of loads may hold before they are decoded (see InputReader.fetch).
+#: Loaded bytes after which a run of loads stops and is decoded (see InputReader.fetch).
 FETCH_RUN_BYTES = 4 << 20
 
 
@@ -115,7 +115,9 @@ class Fetched:
         parts = loaded.values() if isinstance(loaded, dict) else [loaded] if loaded else []
         #: Bytes loaded, held until the item is decoded.
         self.size: int = sum(
-            len(part.data) for part in parts if isinstance(part.data, bytes | bytearray)
+            memoryview(part.data).nbytes
+            for part in parts
+            if isinstance(part.data, bytes | bytearray | memoryview)
         )
 
     def __call__(self) -> tuple[Any, dict[str, Any]]:

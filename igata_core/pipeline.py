@@ -730,7 +730,15 @@ class Pipeline:
         if self._pending:
             run, self._pending = self._pending, []
             started = time.thread_time()
-            if not self._load_run(run):
+            try:
+                loaded = self._load_run(run)
+            except Exception as exc:
+                # Not the source's failure but the engine's (a bug): the items taken would
+                # never be handed over, and the run would wait for them for ever.
+                log.error("loading in the producer failed", exc_info=True)
+                self._fatal(exc, "the engine's producer (loading)")
+                raise _Aborted from exc
+            if not loaded:
                 raise _Aborted
             self._gate.loaded(len(run), time.thread_time() - started)
 
@@ -807,11 +815,13 @@ class Pipeline:
             except BaseException as exc:  # fatal in a decode process (SystemExit...)
                 self._fatal(exc, f"decoding {_input_ref(run[0].ticket.envelope, run[0].item)}")
                 return False
+            if len(firsts) != len(run):  # never lose an item: a hang, not a failure
+                raise RuntimeError(f"decode processes gave {len(firsts)} of {len(run)} items")
             if not self._decode_run(run, firsts, loaded):
                 return False
         else:
             # Load items, then decode them (see InputReader.fetch for why), in runs that
-            # hold at most FETCH_RUN_BYTES of loaded data.
+            # stop loading once FETCH_RUN_BYTES of loaded data wait to be decoded.
             start = 0
             while start < len(run):
                 fetched = self._fetch_run(run, start)

@@ -28,7 +28,7 @@ from helpers_core import (
     write_images,
 )
 
-from igata_core import Envelope, Loaded, Loader, PredictorBase, Rejection, hookimpl
+from igata_core import Envelope, Item, Loaded, Loader, PredictorBase, Rejection, hookimpl
 from igata_core.metrics import Health
 from igata_core.pipeline import EXIT_FATAL, Pipeline
 from igata_core.testing import run_pipeline
@@ -124,6 +124,29 @@ def test_a_bug_in_a_load_thread_stops_the_run_instead_of_hanging(monkeypatch) ->
     # What was taken goes back (what the producer had not taken yet was never held).
     assert source.acked == [] and source.released
     assert set(source.released) <= set(source.yielded)
+
+
+def test_a_bug_while_the_producer_loads_stops_the_run_instead_of_hanging(tmp_path, monkeypatch):
+    # Fast local files: the producer loads them itself; an engine bug there is fatal,
+    # not the source's failure (which would leave the items it took waiting for ever).
+    original = Pipeline._load_run
+
+    def broken(self: Pipeline, run: Any) -> bool:
+        if threading.current_thread().name == "igata-producer":
+            raise AttributeError("an engine bug")
+        return original(self, run)
+
+    monkeypatch.setattr(Pipeline, "_load_run", broken)
+    paths = write_images(tmp_path, 300)
+    envelopes = [Envelope(str(p), [Item(str(p), uri=str(p))]) for p in paths]
+    source = ListSource(envelopes)
+    result, seconds = timed(lambda: run(source, RecordingSink(), EchoPredictor, batch_size=16))
+    assert seconds < 10
+    assert result.exit_code == EXIT_FATAL, result.summary
+    assert (
+        "fatal error in the engine's producer (loading): AttributeError"
+        in (result.summary["reason"])
+    )
 
 
 class ExitingLoader(Loader):

@@ -227,7 +227,9 @@ def test_fetch_loads_now_and_decodes_when_called():
         with pytest.raises(StageError) as raised:  # decoding fails only when called
             bad()
         assert raised.value.stage == "decode"
+        assert good.size == 8
         assert good() == ({"v": 1}, {"size": 8, "origin": "loader", "k": 1})
+        assert good._loaded is None  # the loaded bytes go once decoded
         with pytest.raises(StageError) as raised:  # a load failure is raised by fetch itself
             reader.fetch(Item("k", uri="mem://store/gone.json"))
         assert raised.value.stage == "load"
