@@ -494,6 +494,20 @@ class Pipeline:
         except Exception:
             log.exception("source %r: stop failed", self.source.name)
 
+    def _guarded(self, body: Callable[[], Any], what: str, fatal_in: str | None = None) -> bool:
+        """Run ``body`` (the engine's own code) and return whether it returned true (or
+        None). What it raises is fatal: an ``Exception`` is a bug in ``what`` (logged with
+        its traceback), anything else a fatal error in ``fatal_in`` (default: ``what``).
+        A thread that died quietly would leave the items it held, and the run, waiting."""
+        try:
+            return body() is not False
+        except Exception as exc:
+            log.error("%s failed", what, exc_info=True)
+            self._fatal(exc, what)
+        except BaseException as exc:  # fatal: stops the run
+            self._fatal(exc, fatal_in or what)
+        return False
+
     # -- the run -----------------------------------------------------------------------
 
     def run(self) -> RunSummary:
@@ -730,15 +744,9 @@ class Pipeline:
         if self._pending:
             run, self._pending = self._pending, []
             started = time.thread_time()
-            try:
-                loaded = self._load_run(run)
-            except Exception as exc:
-                # Not the source's failure but the engine's (a bug): the items taken would
-                # never be handed over, and the run would wait for them for ever.
-                log.error("loading in the producer failed", exc_info=True)
-                self._fatal(exc, "the engine's producer (loading)")
-                raise _Aborted from exc
-            if not loaded:
+            # Not the source's failure if it raises (which would leave the run waiting for
+            # these items): the engine's.
+            if not self._guarded(lambda: self._load_run(run), "the engine's producer (loading)"):
                 raise _Aborted
             self._gate.loaded(len(run), time.thread_time() - started)
 
@@ -768,15 +776,8 @@ class Pipeline:
     # -- load threads ----------------------------------------------------------------------
 
     def _load_worker(self) -> None:
-        try:
-            self._load_loop()
-        except Exception as exc:
-            # Not a loader's (its errors are the record's): a bug. A dead load thread would
-            # leave the items it took unloaded and the run waiting for them for ever.
-            log.error("a load thread failed", exc_info=True)
-            self._fatal(exc, "the engine's load thread")
-        except BaseException as exc:  # fatal: stops the run
-            self._fatal(exc, "the engine's load thread")
+        # A loader's errors are the record's; what escapes is a bug or a fatal error.
+        self._guarded(self._load_loop, "the engine's load thread")
 
     def _load_loop(self) -> None:
         """Load runs of items and hand each run's results to the predictor in one go.
@@ -896,52 +897,54 @@ class Pipeline:
         deadline: float | None = None
         read = self._processes.read if self._processes is not None else self.reader.read
         while True:
+            entry: _Work | _Failure
             try:
                 if first is not None:
                     outcome, first = first, None
                     work.input, work.meta = outcome()
                 else:
                     work.input, work.meta = read(work.item)
-                if not self._input_ok.is_set():
-                    self._input_ok.set()
-                return work
+                entry = work
             except StageError as exc:
                 if isinstance(exc.cause, ConfigurationError):
                     self._fail_run(f"input misconfigured: {exc.cause}", abort=True,
                                    exit_code=EXIT_USAGE)  # fmt: skip
                     return None
                 if not isinstance(exc.cause, ServiceUnavailable):
-                    # The store answered (this record is bad): if intake was paused for
-                    # an outage, it resumes, or it would wait for a load that never comes.
-                    if not self._input_ok.is_set():
-                        self._input_ok.set()
-                    return self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
-                # The input store is down, not this record: failing it would burn its
-                # receive count. Pause intake and retry; past the budget, stop unsettled.
-                now = time.monotonic()
-                deadline = deadline or now + self.settings.load_retry_budget
-                if now >= deadline or self._abort.is_set():
-                    self._fail_run(
-                        f"input unavailable for {self.settings.load_retry_budget:g} s: "
-                        f"{exc.cause}; stopping without settling in-flight input "
-                        "(it will be redelivered)",
-                        abort=True,
-                    )
-                    return None
-                if self._input_ok.is_set():
-                    log.warning("input unavailable (%s); pausing intake and retrying", exc.cause)
-                self._input_ok.clear()
-                if self._abort.wait(min(delay, max(0.0, deadline - now))):
-                    return None
-                # Short cap: the store coming back should be noticed within seconds.
-                delay = min(delay * 2, 2.0)
+                    entry = self._outcome(work.ticket, work.item, exc.stage, exc.cause, work)
+                else:
+                    # The input store is down, not this record: failing it would burn its
+                    # receive count. Pause intake and retry; past the budget, stop unsettled.
+                    now = time.monotonic()
+                    deadline = deadline or now + self.settings.load_retry_budget
+                    if now >= deadline or self._abort.is_set():
+                        self._fail_run(
+                            f"input unavailable for {self.settings.load_retry_budget:g} s: "
+                            f"{exc.cause}; stopping without settling in-flight input "
+                            "(it will be redelivered)",
+                            abort=True,
+                        )
+                        return None
+                    if self._input_ok.is_set():
+                        log.warning(
+                            "input unavailable (%s); pausing intake and retrying", exc.cause
+                        )
+                    self._input_ok.clear()
+                    if self._abort.wait(min(delay, max(0.0, deadline - now))):
+                        return None
+                    # Short cap: the store coming back should be noticed within seconds.
+                    delay = min(delay * 2, 2.0)
+                    continue
             except Exception as exc:
-                if not self._input_ok.is_set():
-                    self._input_ok.set()
-                return self._outcome(work.ticket, work.item, "load", exc, work)
+                entry = self._outcome(work.ticket, work.item, "load", exc, work)
             except BaseException as exc:  # fatal: stops the run
                 self._fatal(exc, f"loading {_input_ref(work.ticket.envelope, work.item)}")
                 return None
+            # The store answered, with the item or with this record's error: if intake was
+            # paused for an outage it resumes (else it would wait for a load that never comes).
+            if not self._input_ok.is_set():
+                self._input_ok.set()
+            return entry
 
     # -- main thread: the predictor --------------------------------------------------------
 
@@ -1130,14 +1133,8 @@ class Pipeline:
     # -- writer thread -----------------------------------------------------------------------
 
     def _write(self) -> None:
-        try:
-            self._write_loop()
-        except Exception as exc:
-            # Not the sink's (its errors are handled inside): a bug; never leave a dead writer.
-            log.error("the writer failed", exc_info=True)
-            self._fatal(exc, "the engine's writer")
-        except BaseException as exc:  # fatal: stops the run
-            self._fatal(exc, f"sink {self.sink.name!r}")
+        # The sink's errors are handled inside; what escapes is a bug or a fatal error.
+        self._guarded(self._write_loop, "the engine's writer", f"sink {self.sink.name!r}")
 
     def _write_loop(self) -> None:
         results: list[_Result] = []
