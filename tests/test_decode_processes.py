@@ -143,6 +143,24 @@ def test_system_exit_in_a_decode_process_is_fatal_as_in_a_thread(tmp_path):
     assert "SystemExit" in result.summary["reason"]
 
 
+def test_decode_processes_giving_fewer_results_than_items_stop_the_run(tmp_path, monkeypatch):
+    # Never a silent loss: an item without its outcome would leave the run waiting for it.
+    from igata_core.decode_processes import ProcessReader
+
+    original = ProcessReader.read_many
+
+    def short(self: ProcessReader, items: Any) -> Any:
+        return original(self, items)[1:]
+
+    monkeypatch.setattr(ProcessReader, "read_many", short)
+    write_images(tmp_path, 3)
+    result = run_pipeline(
+        "files", "null", DigestPredictor, inputs=[str(tmp_path)], decode_processes=1
+    )
+    assert result.exit_code == 4, result.summary
+    assert "decode processes gave" in result.summary["reason"]
+
+
 def test_the_cli_option_and_its_environment_variable(tmp_path):
     write_images(tmp_path / "in", 12)
     out = tmp_path / "out.jsonl"

@@ -14,7 +14,7 @@ from PIL import Image
 from igata_core.builtins.decoders import CsvDecoder, ImageDecoder, JsonDecoder, RawDecoder
 from igata_core.builtins.files import FileLoader
 from igata_core.components import Decoder, Item, Loaded, Loader, RecordError, RunContext
-from igata_core.inputs import ComponentPool, InputReader, StageError, scheme_of
+from igata_core.inputs import ComponentPool, Fetched, InputReader, StageError, scheme_of
 
 
 class MemoryLoader(Loader):
@@ -230,6 +230,8 @@ def test_fetch_loads_now_and_decodes_when_called():
         assert good.size == 8
         assert good() == ({"v": 1}, {"size": 8, "origin": "loader", "k": 1})
         assert good._loaded is None  # the loaded bytes go once decoded
+        # Every kind of bytes a loader may give counts towards a run's bound.
+        assert Fetched(reader, Item("m", uri="x"), Loaded(memoryview(b"abc"))).size == 3
         with pytest.raises(StageError) as raised:  # a load failure is raised by fetch itself
             reader.fetch(Item("k", uri="mem://store/gone.json"))
         assert raised.value.stage == "load"
