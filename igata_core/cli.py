@@ -19,11 +19,15 @@ log = logging.getLogger("igata")
 _registry: Registry | None = None
 
 
-def get_registry() -> Registry:
-    """The registry of this process, built on first use (plugins are imported then)."""
+def get_registry(*, fresh: bool = False) -> Registry:
+    """The registry of this process, built on first use (plugins are imported then).
+
+    ``fresh``: find the plugins from the installed distributions' metadata, not from the
+    entry-point cache (``igata plugins`` shows what is installed, and refreshes the cache).
+    """
     global _registry
     if _registry is None:
-        _registry = build_registry()
+        _registry = build_registry(fresh=fresh)
     return _registry
 
 
@@ -361,7 +365,7 @@ def _install_signal_handlers() -> _Stopper:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List installed plugins, their versions, hooks and components, and broken ones."""
-    registry = get_registry()
+    registry = get_registry(fresh=True)
     infos = list(registry.plugins.values())
     if as_json:
         data = {

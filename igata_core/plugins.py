@@ -18,13 +18,13 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from igata_core import hookspecs
+from igata_core.discovery import find_entry_points
 
 log = logging.getLogger("igata.plugins")
 
@@ -79,9 +79,9 @@ class Registration:
 class PluginInfo:
     """A plugin as loaded: its distribution, version, hooks, components, or its error.
 
-    The distribution's name and version are read from its metadata on first use (only
-    ``igata plugins`` shows them): parsing every plugin's metadata file would cost each
-    ``igata run`` tens of milliseconds at start-up.
+    An entry point's distribution and version come with it from discovery (read from the
+    distribution's metadata only when the entry-point cache is refreshed); the core's own
+    are read on first use, through ``metadata_of``, since only ``igata plugins`` shows them.
     """
 
     def __init__(
@@ -264,11 +264,15 @@ def build_registry(
     entry_points: bool = True,
     extra_plugins: Iterable[tuple[str, object]] = (),
     environ: Mapping[str, str] | None = None,
+    fresh: bool = False,
 ) -> Registry:
     """Load the built-ins, the ``igata`` entry points and ``extra_plugins``; fill a registry.
 
     ``extra_plugins`` are ``(name, module_or_object)`` pairs registered after the entry
-    points, for tests and embedding. Raises :class:`PluginError` only in strict mode.
+    points, for tests and embedding. The entry points come from a cache checked against
+    what is installed (:mod:`igata_core.discovery`); ``fresh=True`` reads them from the
+    installed distributions' metadata instead. Raises :class:`PluginError` only in strict
+    mode.
     """
     environ = os.environ if environ is None else environ
     strict = _strict(environ)
@@ -282,22 +286,22 @@ def build_registry(
     for module in _builtin_modules():
         pm.register(module, name=f"{BUILTIN_PLUGIN}:{module.__name__.rsplit('.', 1)[-1]}")
 
-    candidates: list[tuple[str, Callable[[], object], Any]] = []
+    candidates: list[tuple[str, Callable[[], object], PluginInfo]] = []
     if entry_points:
         only = _env_list(environ.get("IGATA_LOAD_PLUGINS"))
         disabled = set(_env_list(environ.get("IGATA_DISABLED_PLUGINS")) or [])
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in find_entry_points(ENTRY_POINT_GROUP, environ=environ, fresh=fresh):
             if only is not None and ep.name not in only:
                 continue
             if ep.name in disabled:
                 pm.set_blocked(ep.name)
                 continue
-            candidates.append((ep.name, ep.load, getattr(ep, "dist", None)))
+            info = PluginInfo(ep.name, ep.dist_name, ep.dist_version)
+            candidates.append((ep.name, ep.load, info))
     for name, obj in extra_plugins:
-        candidates.append((name, _constant(obj), None))
+        candidates.append((name, _constant(obj), PluginInfo(name)))
 
-    for name, load, dist in candidates:
-        info = PluginInfo(name, metadata_of=_metadata_reader(dist) if dist else None)
+    for name, load, info in candidates:
         registry.plugins[name] = info
         try:
             plugin = load()
@@ -341,10 +345,6 @@ def build_registry(
     return registry
 
 
-def _metadata_reader(dist: Any) -> Callable[[], tuple[str | None, str | None]]:
-    return lambda: (dist.name, dist.version)
-
-
 def _constant(obj: object) -> Callable[[], object]:
     return lambda: obj
 
@@ -359,6 +359,8 @@ def _check_api_version(name: str, plugin: object) -> None:
 
 
 def _dist_version(dist: str) -> str | None:
+    from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

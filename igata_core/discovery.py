@@ -1,0 +1,197 @@
+"""The installed plugins' entry points, found without importing ``importlib.metadata``
+at every start.
+
+Importing ``importlib.metadata`` and scanning ``sys.path`` with it takes 20-25 ms, which
+every ``igata run`` and ``igata --help`` would pay before doing anything. So the entry
+points found are kept in a cache file, and the cache is used only while nothing that
+``importlib.metadata`` reads has changed. Its fingerprint is, for each ``sys.path`` entry:
+the entry's modification time, and for each distribution's metadata directory in it
+(``*.dist-info``, ``*.egg-info``) the directory's modification time and the modification
+time and size of its ``entry_points.txt``. Installing, upgrading or removing a package
+adds or removes a metadata directory, which changes its parent's modification time;
+rewriting ``entry_points.txt`` in place changes that file's. (stevedore keeps an
+entry-point cache of the same kind for OpenStack's command-line tools.)
+
+The cache lives in ``IGATA_CACHE_DIR``, else ``$XDG_CACHE_HOME/igata``, else
+``~/.cache/igata``: one small file per Python environment, replaced (never appended to)
+when the fingerprint changes. ``IGATA_CACHE_DIR=""`` turns it off. A cache that cannot be
+read or written is ignored: discovery is then as slow as ``importlib.metadata``, never
+wrong. When another import system that lists distributions is installed (a finder on
+``sys.meta_path`` with ``find_distributions`` other than Python's own), the cache is not
+used, since its fingerprint would not cover what that finder reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import zlib
+from collections.abc import Mapping
+from importlib import import_module
+from importlib.machinery import PathFinder
+from typing import Any
+
+#: Bumped when the cache file's layout changes; a file of another version is a miss.
+_CACHE_FORMAT = 1
+_METADATA_SUFFIXES = (".dist-info", ".egg-info")
+
+
+class FoundEntryPoint:
+    """An entry point of an installed distribution: its name, its ``module:attr`` value,
+    and the distribution's name and version (for ``igata plugins``)."""
+
+    __slots__ = ("dist_name", "dist_version", "name", "value")
+
+    def __init__(
+        self, name: str, value: str, dist_name: str | None = None, dist_version: str | None = None
+    ) -> None:
+        self.name = name
+        self.value = value
+        self.dist_name = dist_name
+        self.dist_version = dist_version
+
+    def load(self) -> Any:
+        """Import the module and return the attribute the value names (as
+        ``importlib.metadata.EntryPoint.load`` does; extras are ignored)."""
+        module_name, _, attrs = self.value.partition("[")[0].partition(":")
+        obj: Any = import_module(module_name.strip())
+        for attr in filter(None, attrs.strip().split(".")):
+            obj = getattr(obj, attr)
+        return obj
+
+    def to_list(self) -> list[str | None]:
+        return [self.name, self.value, self.dist_name, self.dist_version]
+
+    def __repr__(self) -> str:
+        return f"FoundEntryPoint({self.name!r}, {self.value!r})"
+
+
+def find_entry_points(
+    group: str, *, environ: Mapping[str, str] | None = None, fresh: bool = False
+) -> list[FoundEntryPoint]:
+    """The entry points of ``group``, sorted by name, from the cache when it is still valid.
+
+    ``fresh=True`` reads them through ``importlib.metadata`` whatever the cache holds (and
+    refreshes the cache): ``igata plugins`` does, so it always shows what is installed.
+    """
+    environ = os.environ if environ is None else environ
+    path = cache_path(group, environ)
+    if path is None or not _only_python_lists_distributions():
+        return _read_installed(group)
+    fingerprint = path_fingerprint(sys.path)
+    if not fresh:
+        cached = _read_cache(path, fingerprint)
+        if cached is not None:
+            return cached
+    found = _read_installed(group)
+    _write_cache(path, fingerprint, found)
+    return found
+
+
+def cache_path(group: str, environ: Mapping[str, str]) -> str | None:
+    """The cache file of this Python environment, or None when caching is turned off."""
+    directory = environ.get("IGATA_CACHE_DIR")
+    if directory is None:
+        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        directory = os.path.join(base, "igata")
+    if not directory:
+        return None
+    # One file per interpreter: a checksum of its path names it (the fingerprint inside
+    # decides whether it is valid, so a collision only costs a miss).
+    key = f"{sys.prefix}\0{sys.executable}\0{group}".encode()
+    return os.path.join(directory, f"entry-points-{zlib.crc32(key):08x}.json")
+
+
+def path_fingerprint(paths: list[str]) -> list[Any]:
+    """What ``importlib.metadata`` reads to find distributions on ``paths``, by modification
+    time and size (see the module's docstring)."""
+    fingerprint: list[Any] = []
+    for entry in paths:
+        root = os.path.abspath(entry or os.curdir)
+        try:
+            stat = os.stat(root)
+        except OSError:
+            fingerprint.append([root])
+            continue
+        if not os.path.isdir(root):
+            fingerprint.append([root, stat.st_mtime_ns, stat.st_size])
+            continue
+        children: list[Any] = []
+        is_egg = root.lower().endswith(".egg")
+        try:
+            with os.scandir(root) as scan:
+                for child in scan:
+                    lower = child.name.lower()
+                    if lower.endswith(_METADATA_SUFFIXES) or (is_egg and lower == "egg-info"):
+                        children.append([child.name, *_stats(child.path)])
+        except OSError:
+            pass
+        children.sort()
+        fingerprint.append([root, stat.st_mtime_ns, children])
+    return fingerprint
+
+
+def _stats(metadata_dir: str) -> list[int | None]:
+    result: list[int | None] = []
+    for path in (metadata_dir, os.path.join(metadata_dir, "entry_points.txt")):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            result += [None, None]
+        else:
+            result += [stat.st_mtime_ns, stat.st_size]
+    return result
+
+
+def _only_python_lists_distributions() -> bool:
+    return all(
+        finder is PathFinder or not hasattr(finder, "find_distributions")
+        for finder in sys.meta_path
+    )
+
+
+def _read_installed(group: str) -> list[FoundEntryPoint]:
+    from importlib import metadata
+
+    found = []
+    for ep in metadata.entry_points(group=group):
+        dist_name = dist_version = None
+        dist = ep.dist
+        # Unreadable METADATA leaves them unknown: the plugin may still load.
+        with contextlib.suppress(Exception):
+            if dist is not None:
+                dist_name, dist_version = dist.name, dist.version
+        found.append(FoundEntryPoint(ep.name, ep.value, dist_name, dist_version))
+    return sorted(found, key=lambda ep: ep.name)
+
+
+def _read_cache(path: str, fingerprint: list[Any]) -> list[FoundEntryPoint] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+        if data.get("format") != _CACHE_FORMAT or data.get("fingerprint") != fingerprint:
+            return None
+        return [FoundEntryPoint(*entry) for entry in data["entry_points"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _write_cache(path: str, fingerprint: list[Any], found: list[FoundEntryPoint]) -> None:
+    data = {
+        "format": _CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "entry_points": [ep.to_list() for ep in found],
+    }
+    # Written aside and renamed into place: a worker starting meanwhile reads the old file
+    # or the new one, never half of one.
+    partial = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(data, handle)
+        os.replace(partial, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
