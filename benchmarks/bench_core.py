@@ -460,8 +460,6 @@ def memory(ctx: BenchContext) -> list[Measurement]:
 
 _FRAMEWORK_IMPORTS = """\
 import click, pluggy
-from importlib import metadata
-metadata.entry_points(group="igata")
 """
 
 _PLAIN_FIRST_RECORD = """\
@@ -483,7 +481,7 @@ with open({out!r}, "w") as out:
 def first_record(ctx: BenchContext) -> list[Measurement]:
     """A whole process for one image: start, import, set the model up, read, predict,
     write. The plain script imports the same libraries (numpy, Pillow), not igata's; a
-    second one also imports the libraries igata is built on and finds its entry points."""
+    second one also imports the libraries igata is built on (click, pluggy)."""
     directory = ctx.tmp_path / "one"
     (image,) = write_png_dir(directory, 1)
     script = ctx.tmp_path / "plain_first_record.py"
@@ -491,8 +489,8 @@ def first_record(ctx: BenchContext) -> list[Measurement]:
         _PLAIN_FIRST_RECORD.format(repo=str(REPO), image=str(image),
                                    out=str(ctx.tmp_path / "plain.jsonl"))
     )  # fmt: skip
-    # The same script, also importing what igata is built on and finding the entry points:
-    # what is left between the two is igata's own (its modules, the plugins', the engine).
+    # The same script, also importing what igata is built on: what is left between the two
+    # is igata's own (its modules, the plugins', finding them, the engine).
     framed = ctx.tmp_path / "framed_first_record.py"
     framed.write_text(_FRAMEWORK_IMPORTS + script.read_text())
     command = [
@@ -509,7 +507,7 @@ def first_record(ctx: BenchContext) -> list[Measurement]:
             "plain script: same libraries, same work": lambda: (
                 wall_time([sys.executable, str(script)]) * 1000
             ),
-            "the same + click, pluggy, entry-point lookup": lambda: (
+            "the same + import click, pluggy": lambda: (
                 wall_time([sys.executable, str(framed)]) * 1000
             ),
         },
@@ -539,7 +537,7 @@ def startup(ctx: BenchContext) -> list[Measurement]:
             "igata": lambda: wall_time(command) * 1000,
             "python -c pass": lambda: wall_time([sys.executable, "-c", "pass"]) * 1000,
             "import click, pluggy": lambda: (
-                wall_time([sys.executable, "-c", "import click, pluggy, importlib.metadata"]) * 1000
+                wall_time([sys.executable, "-c", "import click, pluggy"]) * 1000
             ),
         },
         warmup=1,

@@ -285,7 +285,7 @@ def _pool(
     One that lacks a required option is not an error until an input needs it.
     """
     instances = ComponentFactory()
-    unavailable: dict[str, str] = dict(registry.clashes[kind])
+    unavailable: dict[str, str] = dict(registry.clashes_of(kind))
     names = set(registry.names(kind))
     for name in [*cli, *config]:
         if name not in names:

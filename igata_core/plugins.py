@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -132,14 +133,60 @@ class PluginInfo:
 
 
 class Registry:
-    """Components by kind and name (aliases included); clashes are recorded, not resolved."""
+    """Components by kind and name (aliases included); clashes are recorded, not resolved.
 
-    def __init__(self) -> None:
+    A kind is filled on first use: ``fill(kind)`` calls the plugins' hooks of that kind
+    then, so ``igata run`` never imports the modules behind the plugins' subcommands, and
+    ``igata --help`` none behind their sources and sinks. ``plugins`` and ``clashes``
+    describe every kind, and fill them all.
+    """
+
+    def __init__(self, fill: Callable[[str], None] | None = None) -> None:
         self._by_kind: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
         #: kind -> name -> message, for names registered by two plugins.
-        self.clashes: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
-        self.plugins: dict[str, PluginInfo] = {}
+        self._clashes: dict[str, dict[str, str]] = {kind: {} for kind in KINDS}
+        self._plugins: dict[str, PluginInfo] = {}
         self._extensions: dict[str, Registration] = {}
+        self._fill = fill
+        self._filled: set[str] = set()
+        self._filling: set[str] = set()
+        # Load threads may ask for the first loader at the same moment.
+        self._lock = threading.RLock()
+
+    def _kind(self, kind: str) -> dict[str, Registration]:
+        if kind not in self._filled:
+            with self._lock:
+                if kind not in self._filled and kind not in self._filling:
+                    self._filling.add(kind)
+                    try:
+                        if self._fill is not None:
+                            self._fill(kind)
+                    finally:
+                        self._filling.discard(kind)
+                        self._filled.add(kind)
+        return self._by_kind[kind]
+
+    def complete(self) -> None:
+        """Fill every kind (call every plugin's hooks)."""
+        for kind in KINDS:
+            self._kind(kind)
+
+    @property
+    def plugins(self) -> dict[str, PluginInfo]:
+        """Every plugin by name, with the hooks it implements and what they registered."""
+        self.complete()
+        return self._plugins
+
+    @property
+    def clashes(self) -> dict[str, dict[str, str]]:
+        """kind -> name -> message, for names registered by two plugins (every kind)."""
+        self.complete()
+        return self._clashes
+
+    def clashes_of(self, kind: str) -> dict[str, str]:
+        """name -> message, for the names of one kind registered by two plugins."""
+        self._kind(kind)
+        return self._clashes[kind]
 
     def add(self, kind: str, obj: Any, plugin: str) -> None:
         if kind == "command":
@@ -166,13 +213,13 @@ class Registry:
                     f"and plugin {plugin!r}; uninstall or disable one "
                     f"(IGATA_DISABLED_PLUGINS={plugin})"
                 )
-                self.clashes[kind][key] = message
+                self._clashes[kind][key] = message
                 log.error("%s", message)
                 continue
             table[key] = registration
         if kind == "decoder":
             self._add_extensions(registration)
-        info = self.plugins.get(plugin)
+        info = self._plugins.get(plugin)
         if info is not None:
             info.components.append(f"{kind}:{name}")
 
@@ -185,7 +232,7 @@ class Registry:
                     f"{existing.plugin!r}) and decoder {registration.name!r} (plugin "
                     f"{registration.plugin!r}); choose one with --decoder"
                 )
-                self.clashes["decoder"][ext] = message
+                self._clashes["decoder"][ext] = message
                 log.error("%s", message)
                 continue
             self._extensions[ext] = registration
@@ -193,16 +240,18 @@ class Registry:
     def decoder_extensions(self) -> dict[str, str]:
         """File extension -> decoder name (an extension two decoders claim maps to itself,
         and its clash message is in ``clashes["decoder"]``)."""
+        self._kind("decoder")
         mapping = {ext: reg.name for ext, reg in self._extensions.items()}
-        mapping.update({ext: ext for ext in self.clashes["decoder"] if ext.startswith(".")})
+        mapping.update({ext: ext for ext in self._clashes["decoder"] if ext.startswith(".")})
         return mapping
 
     def get(self, kind: str, name: str) -> Registration:
-        clash = self.clashes[kind].get(name)
+        table = self._kind(kind)
+        clash = self._clashes[kind].get(name)
         if clash:
             raise UnknownComponent(clash)
         try:
-            return self._by_kind[kind][name]
+            return table[name]
         except KeyError:
             pass
         provider = KNOWN_PROVIDERS.get(name)
@@ -229,14 +278,14 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         """Primary names (not aliases) of the registered components of a kind."""
-        return sorted({reg.name for reg in self._by_kind[kind].values()})
+        return sorted({reg.name for reg in self._kind(kind).values()})
 
     def registrations(self, kind: str) -> list[Registration]:
-        unique = {id(reg.obj): reg for reg in self._by_kind[kind].values()}
+        unique = {id(reg.obj): reg for reg in self._kind(kind).values()}
         return sorted(unique.values(), key=lambda reg: reg.name)
 
     def table(self, kind: str) -> Mapping[str, Registration]:
-        return self._by_kind[kind]
+        return self._kind(kind)
 
     @property
     def broken(self) -> list[PluginInfo]:
@@ -278,9 +327,9 @@ def build_registry(
     strict = _strict(environ)
     pm = pluggy.PluginManager("igata")
     pm.add_hookspecs(hookspecs)
-    registry = Registry()
+    registry = Registry(fill=lambda kind: _call_hooks(pm, registry, kind, strict))
 
-    registry.plugins[BUILTIN_PLUGIN] = PluginInfo(
+    registry._plugins[BUILTIN_PLUGIN] = PluginInfo(
         BUILTIN_PLUGIN, "igata-core", metadata_of=lambda: (None, _dist_version("igata-core"))
     )
     for module in _builtin_modules():
@@ -302,7 +351,7 @@ def build_registry(
         candidates.append((name, _constant(obj), PluginInfo(name)))
 
     for name, load, info in candidates:
-        registry.plugins[name] = info
+        registry._plugins[name] = info
         try:
             plugin = load()
             _check_api_version(name, plugin)
@@ -318,31 +367,36 @@ def build_registry(
             if strict:
                 raise PluginError(f"plugin {name!r} failed to load: {info.error}") from exc
 
-    for kind, hook_name in _HOOK_OF_KIND.items():
-        hook = getattr(pm.hook, hook_name)
-        for impl in sorted(hook.get_hookimpls(), key=lambda i: i.plugin_name):
-            plugin_name = impl.plugin_name.split(":", 1)[0]
-            owner = registry.plugins.get(plugin_name)
-            if owner is not None and hook_name not in owner.hooks:
-                owner.hooks.append(hook_name)
-
-            def register(obj: Any, _kind: str = kind, _plugin: str = plugin_name) -> None:
-                registry.add(_kind, obj, _plugin)
-
-            try:
-                impl.function(register=register)
-            except Exception as exc:
-                error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
-                if owner is not None:
-                    owner.error = error
-                log.warning("plugin %r: %s", plugin_name, error)
-                if strict:
-                    raise PluginError(f"plugin {plugin_name!r}: {error}") from exc
     if strict:
+        # A plugin developer wants every hook's failure and every clash now, not when a
+        # command first needs that kind.
         clashes = [msg for table in registry.clashes.values() for msg in table.values()]
         if clashes:
             raise PluginError("; ".join(clashes))
     return registry
+
+
+def _call_hooks(pm: pluggy.PluginManager, registry: Registry, kind: str, strict: bool) -> None:
+    """Call every plugin's hook of one kind, in plugin-name order, into the registry."""
+    hook_name = _HOOK_OF_KIND[kind]
+    for impl in sorted(getattr(pm.hook, hook_name).get_hookimpls(), key=lambda i: i.plugin_name):
+        plugin_name = impl.plugin_name.split(":", 1)[0]
+        owner = registry._plugins.get(plugin_name)
+        if owner is not None and hook_name not in owner.hooks:
+            owner.hooks.append(hook_name)
+
+        def register(obj: Any, _plugin: str = plugin_name) -> None:
+            registry.add(kind, obj, _plugin)
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            error = f"{hook_name} failed: {type(exc).__name__}: {exc}"
+            if owner is not None:
+                owner.error = error
+            log.warning("plugin %r: %s", plugin_name, error)
+            if strict:
+                raise PluginError(f"plugin {plugin_name!r}: {error}") from exc
 
 
 def _constant(obj: object) -> Callable[[], object]:

@@ -155,8 +155,10 @@ PLUGIN_HEAD = '''
 """Entry point of the igata plugin __NAME__: registers its components with igata.
 
 igata imports this module whenever the ``igata`` command starts (entry point group
-``igata`` in pyproject.toml), so it and the modules it imports stay cheap: import heavy
-libraries (database drivers, numpy, boto3) inside the methods that use them.
+``igata`` in pyproject.toml), so it stays cheap: each hook imports its component's module
+when igata calls it, which is only when a command needs that kind of component
+(``igata --help`` needs none). In the components' modules, import heavy libraries
+(database drivers, numpy, boto3) inside the methods that use them.
 """
 
 from __future__ import annotations
@@ -165,8 +167,6 @@ from collections.abc import Callable
 from typing import Any
 
 from igata_core import hookimpl
-
-__IMPORTS__
 
 #: The igata hook API this plugin is written for. igata refuses to load the plugin, with a
 #: message saying so, when its own igata_core.HOOK_API_VERSION is different.
@@ -177,6 +177,8 @@ HOOKIMPL = """
 
 @hookimpl
 def register___KINDS__(register: Callable[[Any], None]) -> None:
+    from __MODULE__.__FILE__ import __CLASS____KIND__
+
     register(__CLASS____KIND__)
 """
 
@@ -1147,9 +1149,11 @@ def plugin_files(name: str, kinds: Iterable[str] | None = None) -> dict[str, str
     classes = {kind: f"{names['__CLASS__']}{kind.capitalize()}" for kind in chosen}
 
     imports = "\n".join(f"from {module}.{k} import {classes[k]}" for k in sorted(chosen))
-    plugin = _render(PLUGIN_HEAD, names, imports=imports)
+    plugin = _render(PLUGIN_HEAD, names)
     for kind in chosen:
-        plugin += "\n\n" + _render(HOOKIMPL, names, kinds=f"{kind}s", kind=kind.capitalize())
+        plugin += "\n\n" + _render(
+            HOOKIMPL, names, kinds=f"{kind}s", kind=kind.capitalize(), file=kind
+        )
 
     checks = "".join(
         f'    assert registry.get("{kind}", NAME).obj is {classes[kind]}\n'

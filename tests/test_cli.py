@@ -30,8 +30,22 @@ except SystemExit as exc:
     code = exc.code
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
 slow = sorted(set(sys.modules) & set({SLOW_STDLIB!r}))
-print(json.dumps({{"exit": code, "heavy": heavy, "slow": slow}}), file=sys.stderr)
+modules = sorted(m for m in sys.modules if m.startswith(("igata_", "email", "importlib.meta")))
+report = {{"exit": code, "heavy": heavy, "slow": slow, "modules": modules}}
+print(json.dumps(report), file=sys.stderr)
 """
+
+
+def imports_after(*args: str, **env: str) -> dict:
+    """Run an igata command in a fresh interpreter; its exit code and what it imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER, *args],
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return json.loads(done.stderr.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(
@@ -41,16 +55,40 @@ print(json.dumps({{"exit": code, "heavy": heavy, "slow": slow}}), file=sys.stder
 def test_help_plugins_and_describe_import_no_heavy_library(args):
     # Installed plugins are loaded too: their modules must keep boto3 (and the slower
     # standard modules) out of module top.
-    env = clean_env()
-    done = subprocess.run(
-        [sys.executable, "-c", _IMPORTS_AFTER, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    report = json.loads(done.stderr.strip().splitlines()[-1])
-    assert report == {"exit": 0, "heavy": [], "slow": []}, done.stderr
+    report = imports_after(*args)
+    assert (report["exit"], report["heavy"], report["slow"]) == (0, [], []), report
+
+
+#: Modules behind the installed plugins' sources, sinks and loaders, and behind their
+#: subcommands (the packages are installed in the session that runs these tests).
+COMPONENT_MODULES = {
+    "igata_s3.source", "igata_s3.sinks", "igata_s3.loader", "igata_sqs.source",
+    "igata_sqs.sink", "igata_dynamodb.sink", "igata_http.loader", "igata_http.webhook",
+}  # fmt: skip
+COMMAND_MODULES = {"igata_sqs.replay", "igata_dynamodb.cli", "igata_jobs.cli"}
+
+
+def test_help_imports_the_plugins_commands_but_none_of_their_components(tmp_path):
+    report = imports_after("--help", IGATA_CACHE_DIR=str(tmp_path / "cache"))
+    assert report["exit"] == 0
+    assert set(report["modules"]) >= COMMAND_MODULES
+    assert not COMPONENT_MODULES & set(report["modules"])
+
+
+def test_a_run_imports_no_plugin_command_and_with_the_cache_no_metadata_reader(tmp_path):
+    write_images(tmp_path / "images", 1)
+    args = ["run", "--source", "files", "--sink", "jsonl", "--sink-opt",
+            f"path={tmp_path / 'out.jsonl'}", "--predictor", "helpers_core:ShapePredictor",
+            str(tmp_path / "images")]  # fmt: skip
+    cache = str(tmp_path / "cache")
+    first = imports_after(*args, IGATA_CACHE_DIR=cache)
+    assert first["exit"] == 0
+    assert "importlib.metadata" in first["modules"]  # no cache yet: it is written now
+    second = imports_after(*args, IGATA_CACHE_DIR=cache)
+    assert second["exit"] == 0
+    assert {"igata_s3.loader", "igata_sqs.source", "igata_dynamodb.sink"} <= set(second["modules"])
+    assert not COMMAND_MODULES & set(second["modules"])
+    assert not [m for m in second["modules"] if m.startswith(("importlib.metadata", "email"))]
 
 
 def test_python_m_igata_core_is_the_igata_command():

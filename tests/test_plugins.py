@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -203,6 +206,77 @@ def test_a_hook_that_raises_is_that_plugins_error():
     registry = core_registry([("faulty", plugin("faulty", register_sinks=register_sinks))])
     assert "register_sinks failed: KeyError" in registry.plugins["faulty"].error
     assert registry.find("sink", "jsonl") is not None
+
+
+def counting_hooks(calls: list[str]) -> types.ModuleType:
+    """A plugin whose hooks of every kind record that they were called."""
+
+    @hookimpl
+    def register_sources(register):
+        calls.append("sources")
+        register(source_class("counted-src"))
+
+    @hookimpl
+    def register_sinks(register):
+        calls.append("sinks")
+
+    @hookimpl
+    def register_commands(register):
+        calls.append("commands")
+        raise RuntimeError("commands unavailable")
+
+    return plugin(
+        "counted",
+        register_sources=register_sources,
+        register_sinks=register_sinks,
+        register_commands=register_commands,
+    )
+
+
+def test_a_kinds_hooks_are_called_once_when_that_kind_is_first_needed():
+    calls: list[str] = []
+    registry = core_registry([("counted", counting_hooks(calls))])
+    assert calls == []
+    assert registry.get("source", "counted-src").plugin == "counted"
+    assert registry.names("source") == ["counted-src", "files"]
+    assert calls == ["sources"]
+    # A failing subcommand hook costs a run nothing: no kind that a run needs calls it.
+    assert registry.find("sink", "jsonl") is not None
+    assert calls == ["sources", "sinks"]
+    # What describes every kind (igata plugins) calls the rest, and shows the failure.
+    info = registry.plugins["counted"]
+    assert calls == ["sources", "sinks", "commands"]
+    assert "register_commands failed: RuntimeError: commands unavailable" in info.error
+    assert info.hooks == ["register_sources", "register_sinks", "register_commands"]
+    registry.complete()
+    assert calls == ["sources", "sinks", "commands"]
+
+
+def test_strict_mode_calls_every_hook_when_the_registry_is_built():
+    calls: list[str] = []
+    with pytest.raises(PluginError, match="register_commands failed"):
+        build_registry(
+            entry_points=False,
+            extra_plugins=[("counted", counting_hooks(calls))],
+            environ={"IGATA_STRICT_PLUGINS": "1"},
+        )
+    assert calls == ["sources", "sinks", "commands"]
+
+
+def test_threads_asking_for_a_kind_at_once_all_see_it_filled():
+    started = threading.Event()
+
+    @hookimpl
+    def register_sources(register):
+        started.set()
+        time.sleep(0.2)  # the other threads ask while this hook is still registering
+        register(source_class("slow-src"))
+
+    registry = core_registry([("slow", plugin("slow", register_sources=register_sources))])
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: registry.find("source", "slow-src"), range(4)))
+    assert started.is_set()
+    assert all(reg is not None and reg.plugin == "slow" for reg in found)
 
 
 def test_a_component_without_a_name_is_that_plugins_error():

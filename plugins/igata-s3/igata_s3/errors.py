@@ -20,7 +20,6 @@ before an error reaches this module.
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -330,8 +329,12 @@ def _parse_time(value: Any) -> dt.datetime | None:
             return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
         except ValueError:
             continue
+    # Imported here: the email package costs igata's start-up about 6 ms, and an HTTP date
+    # is read only from a request-time-skew error.
+    from email.utils import parsedate_to_datetime
+
     try:
-        parsed = email.utils.parsedate_to_datetime(text)
+        parsed = parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
