@@ -4,13 +4,15 @@ at every start.
 Importing ``importlib.metadata`` and scanning ``sys.path`` with it takes 20-25 ms, which
 every ``igata run`` and ``igata --help`` would pay before doing anything. So the entry
 points found are kept in a cache file, and the cache is used only while nothing that
-``importlib.metadata`` reads has changed. Its fingerprint is, for each ``sys.path`` entry:
-the entry's modification time, and for each distribution's metadata directory in it
-(``*.dist-info``, ``*.egg-info``) the directory's modification time and the modification
-time and size of its ``entry_points.txt``. Installing, upgrading or removing a package
-adds or removes a metadata directory, which changes its parent's modification time;
-rewriting ``entry_points.txt`` in place changes that file's. (stevedore keeps an
-entry-point cache of the same kind for OpenStack's command-line tools.)
+``importlib.metadata`` reads has changed. Its fingerprint is, for each ``sys.path`` entry,
+the names of the distributions' metadata directories in it (``*.dist-info``,
+``*.egg-info``), each with its modification time and the modification time and size of its
+``entry_points.txt`` (a zip file on the path: its own modification time and size).
+Installing, upgrading or removing a package adds, renames or removes a metadata directory;
+rewriting ``entry_points.txt`` in place changes that file's time and, mostly, size. The
+path entries' own modification times are left out: writing any file into the script's
+directory or the working directory (both on ``sys.path``) would change them. (stevedore
+keeps an entry-point cache of the same kind for OpenStack's command-line tools.)
 
 The cache lives in ``IGATA_CACHE_DIR``, else ``$XDG_CACHE_HOME/igata``, else
 ``~/.cache/igata``: one small file per Python environment, replaced (never appended to)
@@ -31,6 +33,7 @@ import zlib
 from collections.abc import Mapping
 from importlib import import_module
 from importlib.machinery import PathFinder
+from stat import S_ISDIR
 from typing import Any
 
 #: Bumped when the cache file's layout changes; a file of another version is a miss.
@@ -115,7 +118,7 @@ def path_fingerprint(paths: list[str]) -> list[Any]:
         except OSError:
             fingerprint.append([root])
             continue
-        if not os.path.isdir(root):
+        if not S_ISDIR(stat.st_mode):
             fingerprint.append([root, stat.st_mtime_ns, stat.st_size])
             continue
         children: list[Any] = []
@@ -129,7 +132,7 @@ def path_fingerprint(paths: list[str]) -> list[Any]:
         except OSError:
             pass
         children.sort()
-        fingerprint.append([root, stat.st_mtime_ns, children])
+        fingerprint.append([root, children])
     return fingerprint
 
 

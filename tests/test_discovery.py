@@ -73,6 +73,19 @@ def test_the_cache_is_what_a_second_lookup_reads(site, cache):
     assert "alpha" in names(find_entry_points(GROUP, environ=cache))
 
 
+def test_other_files_written_into_a_path_directory_keep_the_cache(site, cache):
+    # The script's directory and the working directory are on sys.path, and runs write
+    # their output there: that must not cost every start the metadata scan.
+    find_entry_points(GROUP, environ=cache)
+    path = cache_file(cache)
+    data = json.loads(path.read_text())
+    data["entry_points"] = [["planted", "igata_test_planted", None, None]]
+    path.write_text(json.dumps(data))
+    (site / "out.jsonl").write_text("{}\n")
+    (site / "results").mkdir()
+    assert names(find_entry_points(GROUP, environ=cache)) == {"planted": "igata_test_planted"}
+
+
 def test_a_distribution_installed_after_the_cache_was_written_is_found(site, cache):
     assert "beta" not in names(find_entry_points(GROUP, environ=cache))
     make_distribution(site, "beta-plugin", {"beta": "igata_test_beta"})
