@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -48,14 +49,24 @@ class IgataGroup(click.Group):
         return {reg.name: reg.obj for reg in registry.registrations("command")}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        own = super().list_commands(ctx)
+        own = sorted({*super().list_commands(ctx), *_LAZY_CORE_COMMANDS})
         return own + sorted(set(self._plugin_commands()) - set(own))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
         if command is not None:
             return command
+        if cmd_name in _LAZY_CORE_COMMANDS:
+            module, attribute = _LAZY_CORE_COMMANDS[cmd_name]
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+            return command
         return self._plugin_commands().get(cmd_name)
+
+
+#: Core commands whose modules are imported only when they run or --help lists them
+#: (igata_core.scaffold holds the plugin templates: ~1 ms that a run need not pay).
+_LAZY_CORE_COMMANDS = {"new-plugin": ("igata_core.scaffold", "new_plugin")}
 
 
 @click.group(cls=IgataGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -448,15 +459,6 @@ def describe(name: str, kind: str | None) -> None:
             envs = all_env_names(opt, env_names_for(component_kind, cls.name))
             if envs:
                 click.echo(f"        env: {', '.join(envs)}")
-
-
-def _add_core_commands() -> None:
-    from igata_core.scaffold import new_plugin
-
-    cli.add_command(new_plugin)
-
-
-_add_core_commands()
 
 
 def main() -> None:

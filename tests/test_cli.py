@@ -88,6 +88,7 @@ def test_a_run_imports_no_plugin_command_and_with_the_cache_no_metadata_reader(t
     assert second["exit"] == 0
     assert {"igata_s3.loader", "igata_sqs.source", "igata_dynamodb.sink"} <= set(second["modules"])
     assert not COMMAND_MODULES & set(second["modules"])
+    assert "igata_core.scaffold" not in second["modules"]  # igata new-plugin's templates
     assert not [m for m in second["modules"] if m.startswith(("importlib.metadata", "email"))]
 
 

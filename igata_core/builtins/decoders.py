@@ -14,6 +14,9 @@ from igata_core import hookimpl
 from igata_core.components import Decoder, RecordError
 from igata_core.options import Option
 
+#: The EXIF tag that says how a photo is rotated (1: as stored).
+_EXIF_ORIENTATION = 0x0112
+
 
 class ImageDecoder(Decoder):
     """Any image Pillow reads, as an RGB ``uint8`` array of shape H×W×3.
@@ -44,7 +47,7 @@ class ImageDecoder(Decoder):
 
     def decode(self, data: bytes, ref: str) -> Any:
         import numpy as np
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
 
         if not data:
             raise RecordError(f"{ref}: empty file (0 bytes), not an image")
@@ -56,8 +59,12 @@ class ImageDecoder(Decoder):
                 if limit is not None and width * height > limit:
                     raise RecordError(_too_large(ref, width * height, limit))
                 img.load()
-                # In place: no copy of the pixels when there is nothing to rotate.
-                ImageOps.exif_transpose(img, in_place=True)
+                if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                    # Imported only for an image that says it is rotated (ImageOps costs
+                    # a run's start-up 1.5 ms); in place, so no copy of the pixels.
+                    from PIL import ImageOps
+
+                    ImageOps.exif_transpose(img, in_place=True)
                 return _to_rgb_array(img, np)
         except RecordError:
             raise

@@ -25,7 +25,6 @@ import csv
 import datetime as dt
 import io
 import logging
-import tempfile
 import uuid
 import zlib
 from collections.abc import Mapping, Sequence
@@ -127,6 +126,9 @@ class _Part:
     def __init__(self, number: int, key: str, compress: bool):
         self.number = number
         self.key = key
+        # Imported here: tempfile (with shutil, bz2, lzma) costs every igata start ~3 ms.
+        import tempfile
+
         self.spool: IO[bytes] = tempfile.TemporaryFile(prefix="igata-s3-part-")  # noqa: SIM115
         self.size = 0
         self.records = 0
