@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import logging
@@ -253,6 +254,10 @@ def run(ctx: click.Context, inputs: tuple[str, ...], **kwargs: Any) -> None:
         assembly.context.run_id, assembly.source.name, type(predictor_obj).__name__,
         assembly.sink.name,
     )  # fmt: skip
+    # Everything made so far (modules, plugins, the model) lives as long as the process: the
+    # garbage collector need not walk it again at every full collection during the run, nor
+    # at exit (about 13 ms of a one-image run with every plugin installed).
+    gc.freeze()
     try:
         summary = pipeline.run()
     finally:

@@ -31,7 +31,9 @@ except SystemExit as exc:
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
 slow = sorted(set(sys.modules) & set({SLOW_STDLIB!r}))
 modules = sorted(m for m in sys.modules if m.startswith(("igata_", "email", "importlib.meta")))
-report = {{"exit": code, "heavy": heavy, "slow": slow, "modules": modules}}
+import gc
+frozen = gc.get_freeze_count()
+report = {{"exit": code, "heavy": heavy, "slow": slow, "modules": modules, "frozen": frozen}}
 print(json.dumps(report), file=sys.stderr)
 """
 
@@ -73,6 +75,7 @@ def test_help_imports_the_plugins_commands_but_none_of_their_components(tmp_path
     assert report["exit"] == 0
     assert set(report["modules"]) >= COMMAND_MODULES
     assert not COMPONENT_MODULES & set(report["modules"])
+    assert report["frozen"] == 0
 
 
 def test_a_run_imports_no_plugin_command_and_with_the_cache_no_metadata_reader(tmp_path):
@@ -89,6 +92,8 @@ def test_a_run_imports_no_plugin_command_and_with_the_cache_no_metadata_reader(t
     assert {"igata_s3.loader", "igata_sqs.source", "igata_dynamodb.sink"} <= set(second["modules"])
     assert not COMMAND_MODULES & set(second["modules"])
     assert "igata_core.scaffold" not in second["modules"]  # igata new-plugin's templates
+    # What the run set up before its first record is frozen out of the collector's walks.
+    assert second["frozen"] > 1000
     assert not [m for m in second["modules"] if m.startswith(("importlib.metadata", "email"))]
 
 
