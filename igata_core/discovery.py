@@ -173,6 +173,10 @@ def _read_installed(group: str) -> list[FoundEntryPoint]:
 def _read_cache(path: str, fingerprint: list[Any]) -> list[FoundEntryPoint] | None:
     try:
         with open(path, encoding="utf-8") as handle:
+            # The file names modules to import: only one this user wrote is trusted (a
+            # cache directory others can write to must not choose what igata imports).
+            if hasattr(os, "getuid") and os.fstat(handle.fileno()).st_uid != os.getuid():
+                return None
             data = json.load(handle)
         if data.get("format") != _CACHE_FORMAT or data.get("fingerprint") != fingerprint:
             return None
@@ -191,7 +195,7 @@ def _write_cache(path: str, fingerprint: list[Any], found: list[FoundEntryPoint]
     # or the new one, never half of one.
     partial = f"{path}.{os.getpid()}.tmp"
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         with open(partial, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
         os.replace(partial, path)

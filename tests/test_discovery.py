@@ -150,6 +150,24 @@ def test_a_damaged_cache_file_is_read_as_a_miss_and_replaced(site, cache, conten
     assert json.loads(path.read_text())["format"] == 1
 
 
+def test_a_cache_file_another_user_wrote_is_not_trusted(site, cache, monkeypatch):
+    find_entry_points(GROUP, environ=cache)
+    path = cache_file(cache)
+    data = json.loads(path.read_text())
+    data["entry_points"] = [["planted", "igata_test_planted", None, None]]
+    path.write_text(json.dumps(data))
+    assert "planted" in names(find_entry_points(GROUP, environ=cache))
+    # Seen from another user, the same file is a miss (and is replaced by this one's).
+    monkeypatch.setattr(discovery.os, "getuid", lambda: path.stat().st_uid + 1)
+    assert "planted" not in names(find_entry_points(GROUP, environ=cache))
+
+
+def test_the_cache_directory_is_made_for_this_user_alone(site, tmp_path):
+    environ = {"IGATA_CACHE_DIR": str(tmp_path / "new" / "igata")}
+    find_entry_points(GROUP, environ=environ)
+    assert (tmp_path / "new" / "igata").stat().st_mode & 0o077 == 0
+
+
 def test_another_import_system_listing_distributions_turns_the_cache_off(site, cache, monkeypatch):
     class ListingFinder:
         def find_spec(self, *args: object) -> None:
