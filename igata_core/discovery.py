@@ -6,21 +6,26 @@ every ``igata run`` and ``igata --help`` would pay before doing anything. So the
 points found are kept in a cache file, and the cache is used only while nothing that
 ``importlib.metadata`` reads has changed. Its fingerprint is, for each ``sys.path`` entry,
 the names of the distributions' metadata directories in it (``*.dist-info``,
-``*.egg-info``), each with its modification time and the modification time and size of its
-``entry_points.txt`` (a zip file on the path: its own modification time and size).
+``*.egg-info``), each with the modification time, change time, inode and size of the
+directory and of its ``entry_points.txt`` (a zip file on the path: the same of the file).
 Installing, upgrading or removing a package adds, renames or removes a metadata directory;
-rewriting ``entry_points.txt`` in place changes that file's time and, mostly, size. The
-path entries' own modification times are left out: writing any file into the script's
-directory or the working directory (both on ``sys.path``) would change them. (stevedore
-keeps an entry-point cache of the same kind for OpenStack's command-line tools.)
+rewriting ``entry_points.txt`` changes its times, and replacing it with a copy that keeps
+the modification time (``cp -p``, ``rsync -a``, a tar file) still changes its inode and
+change time, which no copy can set. The path entries' own modification times are left
+out: writing any file into the script's directory or the working directory (both on
+``sys.path``) would change them. (stevedore keeps an entry-point cache of the same kind
+for OpenStack's command-line tools.)
 
 The cache lives in ``IGATA_CACHE_DIR``, else ``$XDG_CACHE_HOME/igata``, else
-``~/.cache/igata``: one small file per Python environment, replaced (never appended to)
-when the fingerprint changes. ``IGATA_CACHE_DIR=""`` turns it off. A cache that cannot be
-read or written is ignored: discovery is then as slow as ``importlib.metadata``, never
-wrong. When another import system that lists distributions is installed (a finder on
-``sys.meta_path`` with ``find_distributions`` other than Python's own), the cache is not
-used, since its fingerprint would not cover what that finder reads.
+``~/.cache/igata``: one small file per Python environment, holding the entry points found
+under the last few ``sys.path`` fingerprints (``igata run`` puts its application directory
+on the path, other commands do not; runs from several directories differ by their first
+entry). ``IGATA_CACHE_DIR=""`` turns it off, as does a home directory that cannot be
+found. A cache that cannot be read or written is ignored: discovery is then as slow as
+``importlib.metadata``, never wrong. When another import system that lists distributions
+is installed (a finder on ``sys.meta_path`` with ``find_distributions`` other than
+Python's own), the cache is not used, since its fingerprint would not cover what that
+finder reads.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ from stat import S_ISDIR
 from typing import Any
 
 #: Bumped when the cache file's layout changes; a file of another version is a miss.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+#: Fingerprints kept per file, most recently used first.
+_CACHE_RECORDS = 8
 _METADATA_SUFFIXES = (".dist-info", ".egg-info")
 
 
@@ -84,12 +91,16 @@ def find_entry_points(
     if path is None or not _only_python_lists_distributions():
         return _read_installed(group)
     fingerprint = path_fingerprint(sys.path)
+    records = _read_cache(path)
     if not fresh:
-        cached = _read_cache(path, fingerprint)
-        if cached is not None:
-            return cached
+        for record in records:
+            if record.get("fingerprint") == fingerprint:
+                try:
+                    return [FoundEntryPoint(*entry) for entry in record["entry_points"]]
+                except (KeyError, TypeError):
+                    break
     found = _read_installed(group)
-    _write_cache(path, fingerprint, found)
+    _write_cache(path, fingerprint, found, records)
     return found
 
 
@@ -97,7 +108,12 @@ def cache_path(group: str, environ: Mapping[str, str]) -> str | None:
     """The cache file of this Python environment, or None when caching is turned off."""
     directory = environ.get("IGATA_CACHE_DIR")
     if directory is None:
-        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        base = environ.get("XDG_CACHE_HOME")
+        if not base:
+            home = os.path.expanduser("~")
+            if home.startswith("~"):  # no HOME and no passwd entry: no cache, not ./~
+                return None
+            base = os.path.join(home, ".cache")
         directory = os.path.join(base, "igata")
     if not directory:
         return None
@@ -119,7 +135,7 @@ def path_fingerprint(paths: list[str]) -> list[Any]:
             fingerprint.append([root])
             continue
         if not S_ISDIR(stat.st_mode):
-            fingerprint.append([root, stat.st_mtime_ns, stat.st_size])
+            fingerprint.append([root, *_identity(stat)])
             continue
         children: list[Any] = []
         is_egg = root.lower().endswith(".egg")
@@ -140,12 +156,14 @@ def _stats(metadata_dir: str) -> list[int | None]:
     result: list[int | None] = []
     for path in (metadata_dir, os.path.join(metadata_dir, "entry_points.txt")):
         try:
-            stat = os.stat(path)
+            result += _identity(os.stat(path))
         except OSError:
-            result += [None, None]
-        else:
-            result += [stat.st_mtime_ns, stat.st_size]
+            result += [None] * 4
     return result
+
+
+def _identity(stat: os.stat_result) -> list[int | None]:
+    return [stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_size]
 
 
 def _only_python_lists_distributions() -> bool:
@@ -170,33 +188,36 @@ def _read_installed(group: str) -> list[FoundEntryPoint]:
     return sorted(found, key=lambda ep: ep.name)
 
 
-def _read_cache(path: str, fingerprint: list[Any]) -> list[FoundEntryPoint] | None:
+def _read_cache(path: str) -> list[dict[str, Any]]:
+    """The records of the cache file, most recently used first ([] when there is none)."""
     try:
         with open(path, encoding="utf-8") as handle:
             # The file names modules to import: only one this user wrote is trusted (a
             # cache directory others can write to must not choose what igata imports).
             if hasattr(os, "getuid") and os.fstat(handle.fileno()).st_uid != os.getuid():
-                return None
+                return []
             data = json.load(handle)
-        if data.get("format") != _CACHE_FORMAT or data.get("fingerprint") != fingerprint:
-            return None
-        return [FoundEntryPoint(*entry) for entry in data["entry_points"]]
+        if data.get("format") != _CACHE_FORMAT:
+            return []
+        return [record for record in data["records"] if isinstance(record, dict)]
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        return None
+        return []
 
 
-def _write_cache(path: str, fingerprint: list[Any], found: list[FoundEntryPoint]) -> None:
-    data = {
-        "format": _CACHE_FORMAT,
-        "fingerprint": fingerprint,
-        "entry_points": [ep.to_list() for ep in found],
-    }
-    # Written aside and renamed into place: a worker starting meanwhile reads the old file
-    # or the new one, never half of one.
-    partial = f"{path}.{os.getpid()}.tmp"
+def _write_cache(
+    path: str, fingerprint: list[Any], found: list[FoundEntryPoint], records: list[dict[str, Any]]
+) -> None:
+    record = {"fingerprint": fingerprint, "entry_points": [ep.to_list() for ep in found]}
+    kept = [r for r in records if r.get("fingerprint") != fingerprint]
+    data = {"format": _CACHE_FORMAT, "records": [record, *kept][:_CACHE_RECORDS]}
+    # Written aside under a name no other process uses (containers sharing the directory
+    # may all be PID 1), created exclusively, then renamed into place: a worker starting
+    # meanwhile reads the old file or the new one, never half of one.
+    partial = f"{path}.{os.getpid()}-{os.urandom(4).hex()}.tmp"
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(partial, "w", encoding="utf-8") as handle:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle)
         os.replace(partial, path)
     except OSError:

@@ -11,9 +11,10 @@ unique across all plugins: a clash is reported naming both plugins, never resolv
 order in which pluggy calls the hooks.
 
 Keep plugin modules cheap to import: import each component's module inside the hook that
-registers it (igata calls a kind's hooks only when a command needs that kind: ``igata
-run`` never calls ``register_commands``, ``igata --help`` calls only that one), and boto3,
-numpy or Pillow inside the methods that use them, so ``igata --help`` stays instant.
+registers it, since igata calls a kind's hooks only when a command needs that kind
+(``igata run`` never calls ``register_commands``; ``igata --help`` calls only that one).
+Import boto3, numpy or Pillow inside the methods that use them, so ``igata --help`` stays
+instant.
 
 Hook API version: ``igata_core.HOOK_API_VERSION`` (``1``). A plugin built for another major
 version may declare ``IGATA_HOOK_API = N`` in its plugin module and is then refused.
