@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import json
 import logging
 import os
@@ -58,8 +57,9 @@ class IgataGroup(click.Group):
         if command is not None:
             return command
         if cmd_name in _LAZY_CORE_COMMANDS:
-            module, attribute = _LAZY_CORE_COMMANDS[cmd_name]
-            command = getattr(importlib.import_module(module), attribute)
+            from pkgutil import resolve_name
+
+            command = resolve_name(_LAZY_CORE_COMMANDS[cmd_name])
             self.add_command(command, cmd_name)
             return command
         return self._plugin_commands().get(cmd_name)
@@ -67,7 +67,7 @@ class IgataGroup(click.Group):
 
 #: Core commands whose modules are imported only when they run or --help lists them
 #: (igata_core.scaffold holds the plugin templates: ~1 ms that a run need not pay).
-_LAZY_CORE_COMMANDS = {"new-plugin": ("igata_core.scaffold", "new_plugin")}
+_LAZY_CORE_COMMANDS = {"new-plugin": "igata_core.scaffold:new_plugin"}
 
 
 @click.group(cls=IgataGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -36,14 +36,13 @@ import os
 import sys
 import zlib
 from collections.abc import Mapping
-from importlib import import_module
 from importlib.machinery import PathFinder
 from stat import S_ISDIR
 from typing import Any
 
 #: Bumped when the cache file's layout changes; a file of another version is a miss.
 _CACHE_FORMAT = 2
-#: Fingerprints kept per file, most recently used first.
+#: Fingerprints kept per file, most recently written first.
 _CACHE_RECORDS = 8
 _METADATA_SUFFIXES = (".dist-info", ".egg-info")
 
@@ -65,11 +64,9 @@ class FoundEntryPoint:
     def load(self) -> Any:
         """Import the module and return the attribute the value names (as
         ``importlib.metadata.EntryPoint.load`` does; extras are ignored)."""
-        module_name, _, attrs = self.value.partition("[")[0].partition(":")
-        obj: Any = import_module(module_name.strip())
-        for attr in filter(None, attrs.strip().split(".")):
-            obj = getattr(obj, attr)
-        return obj
+        from pkgutil import resolve_name
+
+        return resolve_name("".join(self.value.partition("[")[0].split()))
 
     def to_list(self) -> list[str | None]:
         return [self.name, self.value, self.dist_name, self.dist_version]
@@ -125,7 +122,7 @@ def cache_path(group: str, environ: Mapping[str, str]) -> str | None:
 
 def path_fingerprint(paths: list[str]) -> list[Any]:
     """What ``importlib.metadata`` reads to find distributions on ``paths``, by modification
-    time and size (see the module's docstring)."""
+    and change time, inode and size (see the module's docstring)."""
     fingerprint: list[Any] = []
     for entry in paths:
         root = os.path.abspath(entry or os.curdir)
@@ -189,7 +186,7 @@ def _read_installed(group: str) -> list[FoundEntryPoint]:
 
 
 def _read_cache(path: str) -> list[dict[str, Any]]:
-    """The records of the cache file, most recently used first ([] when there is none)."""
+    """The records of the cache file, most recently written first ([] when there is none)."""
     try:
         with open(path, encoding="utf-8") as handle:
             # The file names modules to import: only one this user wrote is trusted (a

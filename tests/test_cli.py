@@ -30,7 +30,8 @@ except SystemExit as exc:
     code = exc.code
 heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({HEAVY!r}))
 slow = sorted(set(sys.modules) & set({SLOW_STDLIB!r}))
-modules = sorted(m for m in sys.modules if m.startswith(("igata_", "email", "importlib.meta")))
+watched = ("igata_", "email", "importlib.meta", "tempfile", "PIL.ImageOps")
+modules = sorted(m for m in sys.modules if m.startswith(watched))
 import gc
 frozen = gc.get_freeze_count()
 report = {{"exit": code, "heavy": heavy, "slow": slow, "modules": modules, "frozen": frozen}}
@@ -96,6 +97,8 @@ def test_a_run_imports_no_plugin_command_and_with_the_cache_no_metadata_reader(t
     assert not COMMAND_MODULES & set(second["modules"])
     assert "igata_core.scaffold" not in second["modules"]  # igata new-plugin's templates
     assert not [m for m in second["modules"] if m.startswith(("importlib.metadata", "email"))]
+    # Imported where they are used: the S3 sinks' spool, a rotated photo's transpose.
+    assert not {"tempfile", "PIL.ImageOps"} & set(second["modules"])
     help_again = imports_after("--help", IGATA_CACHE_DIR=cache)
     assert "importlib.metadata" not in help_again["modules"]
 
