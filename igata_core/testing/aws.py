@@ -127,9 +127,18 @@ def _empty_emulator(client: object, service: str) -> None:
             for url in page.get("QueueUrls", []):
                 client.delete_queue(QueueUrl=url)  # type: ignore[attr-defined]
     elif service == "dynamodb":
-        for page in client.get_paginator("list_tables").paginate():  # type: ignore[attr-defined]
-            for name in page.get("TableNames", []):
-                client.delete_table(TableName=name)  # type: ignore[attr-defined]
+        names = [
+            name
+            for page in client.get_paginator("list_tables").paginate()  # type: ignore[attr-defined]
+            for name in page.get("TableNames", [])
+        ]
+        for name in names:
+            client.delete_table(TableName=name)  # type: ignore[attr-defined]
+        # DeleteTable returns while the table is still DELETING (on dynalite too, even with
+        # a delay of 0: it goes on the next tick): the next test must find none.
+        waiter = client.get_waiter("table_not_exists")  # type: ignore[attr-defined]
+        for name in names:
+            waiter.wait(TableName=name, WaiterConfig={"Delay": 0.05, "MaxAttempts": 200})
 
 
 def strict_endpoints_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
